@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv with every optional part.
+# torch is installed first, pinned to the CPU build, so that nothing pulls a CUDA build of it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MP4SR_VENV:-.venv}
+PY=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+stamp="$VENV/.mp4sr-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet "torch==2.13.0"
+  "$VENV/bin/pip" install --quiet -e ".[all]"
+  echo "$want" > "$stamp"
+fi

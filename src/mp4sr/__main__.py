@@ -1,0 +1,3 @@
+from mp4sr.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""The ``mp4sr`` command: one sub-command per stage, plus the end-to-end ``run``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mp4sr.errors import MP4SRError
+
+app = typer.Typer(
+    help="Multimodal pre-training for sequential recommendation (MP4SR).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _out_console() -> Console:
+    """stdout console; wide when not a terminal so that tables in logs are not cut."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file of settings (see configs/).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a setting: key=value, e.g. train.lr=1e-4 (repeatable).")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def default_out_dir(command: str, dataset: str, model: str | None = None) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = "-".join(p for p in (command, Path(dataset).name, model, stamp) if p)
+    return Path("runs") / name
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
+    """Rows = metric family, columns = K, for each split present."""
+    table = Table(title=title)
+    table.add_column("split")
+    table.add_column("metric")
+    ks = sorted({int(k.split("@")[1]) for split in ("valid", "test") for k in metrics.get(split, {})})
+    for k in ks:
+        table.add_column(f"@{k}", justify="right")
+    for split in ("valid", "test"):
+        values = metrics.get(split) or {}
+        for name in ("recall", "ndcg", "mrr"):
+            if any(f"{name}@{k}" in values for k in ks):
+                table.add_row(split, name, *(f"{values.get(f'{name}@{k}', float('nan')):.4f}" for k in ks))
+    return table
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def train(
+    model: str = typer.Option("sasrec", "--model", "-m", help="Model name (see `mp4sr models`)."),
+    dataset: str = typer.Option("amazon-scientific-mm", "--dataset", "-d", help="Dataset name or path."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<...>)."),
+) -> None:
+    """Train and evaluate one model; writes metrics.json, best.pt, epochs.jsonl and config.yaml."""
+    from mp4sr.config import RunConfig, build_config
+    from mp4sr.train import train_run
+
+    cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
+    out = out or default_out_dir("train", cfg.dataset, cfg.model)
+    console.print(f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
+    output = train_run(cfg, out)
+    _out_console().print(
+        metrics_table(output.metrics(), f"{cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})")
+    )
+    console.print(f"metrics: {out / 'metrics.json'}")
+
+
+@app.command()
+def datasets() -> None:
+    """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes."""
+    from mp4sr.data import list_datasets, load_dataset
+    from mp4sr.paths import data_roots
+
+    found = list_datasets()
+    if not found:
+        roots = ", ".join(str(r) for r in data_roots())
+        raise MP4SRError(f"no datasets found in {roots}. Set $MP4SR_DATA_DIR to a folder of dataset folders.")
+    table = Table(title="datasets")
+    for col in ("name", "format", "users", "items", "interactions", "avg len", "path"):
+        table.add_column(col, justify="right" if col in {"users", "items", "interactions", "avg len"} else "left")
+    for name, folder, fmt in found:
+        try:
+            s = load_dataset(folder).summary()
+            table.add_row(name, fmt, f"{s['users']:,}", f"{s['items']:,}", f"{s['interactions']:,}",
+                          f"{s['avg_length']:.1f}", str(folder))
+        except MP4SRError as e:
+            table.add_row(name, fmt, "-", "-", "-", "-", f"unreadable: {e}")
+    _out_console().print(table)
+
+
+@app.command()
+def models() -> None:
+    """List the available models."""
+    from mp4sr.models import REGISTRY
+
+    for name, cls in sorted(REGISTRY.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        typer.echo(f"{name:12s} {doc}")
+
+
+def main() -> None:
+    try:
+        app()
+    except MP4SRError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

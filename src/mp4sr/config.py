@@ -1,0 +1,129 @@
+"""Typed configuration with defaults in one place.
+
+Layers, later wins: defaults < YAML file < ``--set key=value`` overrides (dotted keys, YAML values)
+< explicit command-line options. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mp4sr.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(Section):
+    max_len: int = Field(50, ge=1, description="items of history a model sees")
+    training_mode: Literal["sequence", "prefix"] = Field(
+        "sequence", description="'sequence': every position of a whole sequence is a target (fast); "
+        "'prefix': one example per prefix (RecBole's form)"
+    )
+    user_core: int = Field(5, ge=1, description="minimum interactions per user for raw logs")
+    item_core: int = Field(0, ge=0, description="minimum interactions per item for raw logs")
+
+
+class TrainSettings(Section):
+    epochs: int = Field(300, ge=0)
+    batch_size: int = Field(2048, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_grad: float | None = Field(5.0, description="max gradient norm; null disables clipping")
+    patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
+    valid_metric: str = "ndcg@10"
+    seed: int = 2024
+    device: str = "cpu"
+    threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
+    group_by_length: bool = True
+    progress: bool = True
+
+    @field_validator("valid_metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        name, _, k = v.lower().partition("@")
+        if name not in {"recall", "ndcg", "mrr"} or not k.isdigit():
+            raise ValueError("valid_metric must look like 'ndcg@10', 'recall@20' or 'mrr@10'")
+        return v.lower()
+
+
+class EvalSettings(Section):
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
+    exclude_history: bool = Field(
+        False, description="drop the user's history items from the ranking (off: the standard protocol)"
+    )
+
+
+class RunConfig(Section):
+    model: str = "sasrec"
+    dataset: str = "amazon-scientific-mm"
+    params: dict[str, Any] = Field(default_factory=dict, description="the model's own settings")
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=1e-4", "params.hidden=128"]`` -> nested dict; values are parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, eq, raw = pair.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"override {pair!r} is not key=value (e.g. train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {pair!r}: value is not valid YAML: {e}") from None
+        node = tree
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {pair!r} conflicts with another override")
+        node[leaf] = value
+    return tree
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        content = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return content
+
+
+def build_config(
+    cls: type[BaseModel] = RunConfig,
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **explicit: Any,
+) -> Any:
+    """Defaults < file < overrides < explicit (non-None) values."""
+    tree = read_yaml(file) if file else {}
+    tree = deep_merge(tree, parse_overrides(overrides))
+    tree = deep_merge(tree, {k: v for k, v in explicit.items() if v is not None})
+    try:
+        return cls(**tree)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration:\n{e}") from None

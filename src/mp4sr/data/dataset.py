@@ -1,0 +1,118 @@
+"""The canonical in-memory dataset: an item catalogue plus every user's chronological sequence.
+
+Sequences are stored in CSR form: ``offsets`` (n_users + 1) and ``items`` (all interactions, user
+after user, oldest first). Item indexes are dense, 0..n_items-1; external ids live in the catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mp4sr.errors import DataError
+
+
+@dataclass
+class ItemCatalogue:
+    """External ids of the items (row i = item index i) and their optional content.
+
+    ``text`` holds one string per item ("" when an item has none); ``fields`` optional named text
+    fields (title, categories, ...); ``image_paths`` one path or None per item.
+    """
+
+    ids: np.ndarray
+    text: list[str] | None = None
+    fields: dict[str, list[str]] = field(default_factory=dict)
+    image_paths: list[str | None] | None = None
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=object)
+        n = len(self.ids)
+        for name, values in [("text", self.text), ("image_paths", self.image_paths), *self.fields.items()]:
+            if values is not None and len(values) != n:
+                raise DataError(f"item catalogue: '{name}' has {len(values)} entries for {n} items")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index_of(self) -> dict[str, int]:
+        """Map external id -> item index."""
+        return {str(item): i for i, item in enumerate(self.ids)}
+
+
+@dataclass
+class Sequences:
+    """Variable-length integer sequences in CSR form."""
+
+    offsets: np.ndarray
+    items: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        self.items = np.asarray(self.items, dtype=np.int64)
+
+    @classmethod
+    def from_lists(cls, seqs: list[list[int]] | list[np.ndarray]) -> "Sequences":
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        items = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]) if seqs else np.zeros(0, np.int64)
+        return cls(offsets, items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, u: int) -> np.ndarray:
+        return self.items[self.offsets[u] : self.offsets[u + 1]]
+
+
+@dataclass
+class Dataset:
+    """Items, users and each user's full chronological sequence of item indexes."""
+
+    name: str
+    items: ItemCatalogue
+    user_ids: np.ndarray
+    sequences: Sequences
+    source: Path | None = None
+    # Features that came with the data (e.g. precomputed CLIP vectors): name -> path of the raw file.
+    extras: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.user_ids = np.asarray(self.user_ids, dtype=object)
+        if len(self.user_ids) != len(self.sequences):
+            raise DataError(f"dataset {self.name}: {len(self.user_ids)} users but {len(self.sequences)} sequences")
+        if len(self.sequences.items) and (
+            self.sequences.items.min() < 0 or self.sequences.items.max() >= len(self.items)
+        ):
+            raise DataError(f"dataset {self.name}: sequences refer to items outside the catalogue")
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_interactions(self) -> int:
+        return len(self.sequences.items)
+
+    def summary(self) -> dict[str, float | int | str]:
+        lengths = self.sequences.lengths
+        return {
+            "name": self.name,
+            "users": self.n_users,
+            "items": self.n_items,
+            "interactions": self.n_interactions,
+            "avg_length": float(lengths.mean()) if len(lengths) else 0.0,
+            "max_length": int(lengths.max()) if len(lengths) else 0,
+            "density": self.n_interactions / max(1, self.n_users * self.n_items),
+        }

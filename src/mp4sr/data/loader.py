@@ -1,0 +1,77 @@
+"""Find datasets by name in the data folders and read them with the right reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mp4sr.data.dataset import Dataset
+from mp4sr.data.readers import read_atomic, read_s3rec, read_table, read_unisrec
+from mp4sr.errors import DataError
+from mp4sr.paths import DATA_ENV, data_roots
+
+
+def detect_format(folder: Path) -> str | None:
+    """'unisrec', 's3rec', 'atomic', 'table' or None, from the files in a folder."""
+    if any(folder.glob("*.train.inter")) and any(folder.glob("*.item2index")):
+        return "unisrec"
+    if any(p.name.count(".") == 1 for p in folder.glob("*.inter")):
+        return "atomic"
+    if any(folder.glob("interactions.csv")) or any(folder.glob("interactions.parquet")):
+        return "table"
+    if len(list(folder.glob("*.txt"))) == 1:
+        return "s3rec"
+    return None
+
+
+def find_dataset(name: str | Path) -> Path:
+    """The folder of a dataset: a path, or a name looked up in $MP4SR_DATA_DIR, ./data, ../shared/data."""
+    path = Path(name).expanduser()
+    if path.is_dir() or path.is_file():
+        return path
+    for root in data_roots():
+        if (root / str(name)).exists():
+            return root / str(name)
+    searched = ", ".join(str(r) for r in data_roots())
+    raise DataError(
+        f"dataset {str(name)!r} not found (searched {searched}). Put the dataset folder in one of these, "
+        f"set ${DATA_ENV} to the folder that holds it, or pass a path; `mp4sr datasets` lists what is found."
+    )
+
+
+def list_datasets() -> list[tuple[str, Path, str]]:
+    """(name, folder, format) of every readable dataset in the data folders; the first root wins."""
+    seen, found = set(), []
+    for root in data_roots():
+        if not root.is_dir():
+            continue
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            fmt = detect_format(folder)
+            if fmt and folder.name not in seen:
+                seen.add(folder.name)
+                found.append((folder.name, folder, fmt))
+    return found
+
+
+def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Dataset:
+    """Read a dataset by name or path in whatever supported format it is stored."""
+    path = find_dataset(name)
+    if path.is_file():
+        if path.suffix in {".csv", ".parquet"}:
+            return read_table(path, user_core=user_core, item_core=item_core)
+        return read_s3rec(path)
+    fmt = detect_format(path)
+    if fmt == "unisrec":
+        return read_unisrec(path)
+    if fmt == "atomic":
+        return read_atomic(path, user_core=user_core, item_core=item_core)
+    if fmt == "table":
+        inter = next(p for p in (path / "interactions.parquet", path / "interactions.csv") if p.is_file())
+        items = next((p for p in (path / "items.parquet", path / "items.csv") if p.is_file()), None)
+        return read_table(inter, name=path.name, items_path=items, user_core=user_core, item_core=item_core)
+    if fmt == "s3rec":
+        return read_s3rec(next(path.glob("*.txt")), name=path.name)
+    raise DataError(
+        "no supported dataset files here: expected the UniSRec layout (*.train.inter, *.item2index), "
+        "a RecBole atomic <name>.inter, interactions.csv|parquet, or one S3-Rec <name>.txt",
+        path,
+    )

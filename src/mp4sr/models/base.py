@@ -1,0 +1,83 @@
+"""The small interface every model implements, and the registry that maps names to classes.
+
+A model is an ``nn.Module`` with a pydantic ``Config``; it is built from that config and a
+``ModelContext`` (what it may know of the data), and implements two methods:
+``calculate_loss(batch)`` for training and ``full_sort_predict(batch)`` -> scores of all items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from mp4sr.data.batching import SequenceBatch
+from mp4sr.errors import ConfigError
+
+
+class ModelConfig(BaseModel):
+    """Base of model configs: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ModelContext:
+    """What a model may know of the data when it is built."""
+
+    n_items: int
+    max_len: int = 50
+    item_counts: np.ndarray | None = None  # training interactions of each item
+    features: Any = None  # a FeatureStore (or dict of stores) for content-based models
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class SequentialRecommender(nn.Module):
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: ModelConfig, context: ModelContext):
+        super().__init__()
+        self.config = config
+        self.n_items = context.n_items
+        self.max_len = context.max_len
+
+    def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
+        """Scores [B, n_items] of every item as the next item after each sequence."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[SequentialRecommender]] = {}
+
+
+def register(cls: type[SequentialRecommender]) -> type[SequentialRecommender]:
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"model name {cls.name!r} is empty or taken")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def model_class(name: str) -> type[SequentialRecommender]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def parse_model_config(name: str, params: dict | None) -> ModelConfig:
+    try:
+        return model_class(name).Config(**(params or {}))
+    except ValidationError as e:
+        raise ConfigError(f"invalid settings for model {name!r}:\n{e}") from None
+
+
+def build_model(name: str, params: dict | None, context: ModelContext) -> SequentialRecommender:
+    cls = model_class(name)
+    return cls(parse_model_config(name, params), context)

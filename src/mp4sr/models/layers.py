@@ -1,0 +1,59 @@
+"""Building blocks shared by the transformer models."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT / RecBole initialisation: N(0, std) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class CausalTransformer(nn.Module):
+    """Learned positions, LayerNorm, dropout, then a left-to-right (causal) post-LN transformer.
+
+    Sequences are right-padded: under the causal mask no real position ever attends to padding, so
+    the outputs at real positions do not depend on how much padding a batch has.
+    """
+
+    def __init__(
+        self, hidden: int = 64, layers: int = 2, heads: int = 2, ffn: int = 256, dropout: float = 0.2,
+        max_len: int = 50, attn_dropout: float | None = None, layer_norm_eps: float = 1e-12,
+    ):
+        super().__init__()
+        self.position = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden, heads, ffn, dropout, activation="gelu", batch_first=True, layer_norm_eps=layer_norm_eps
+        )
+        if attn_dropout is not None:
+            layer.self_attn.dropout = attn_dropout
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.max_len = max_len
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, L, H] item representations (padding rows zero); extra: added before the norm."""
+        length = x.shape[1]
+        h = x + self.position.weight[:length][None]
+        if extra is not None:
+            h = h + extra
+        h = self.dropout(self.norm(h))
+        mask = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
+        return self.encoder(h, mask=mask, is_causal=True)
+
+
+def last_positions(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """[B, H] hidden state at each sequence's last real position."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]

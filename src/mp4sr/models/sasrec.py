@@ -1,0 +1,53 @@
+"""SASRec (Kang & McAuley, 2018) with cross-entropy over all items, RecBole's defaults."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mp4sr.data.batching import IGNORE, SequenceBatch
+from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender, register
+from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+
+
+class SASRecConfig(ModelConfig):
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 256
+    dropout: float = 0.5  # RecBole: hidden_dropout_prob
+    attn_dropout: float = 0.5  # RecBole: attn_dropout_prob
+
+
+@register
+class SASRec(SequentialRecommender):
+    """SASRec: ID embeddings and a causal transformer, cross-entropy over all items."""
+
+    name = "sasrec"
+    Config = SASRecConfig
+
+    def __init__(self, config: SASRecConfig, context: ModelContext):
+        super().__init__(config, context)
+        self.item_embedding = nn.Embedding(context.n_items + 1, config.hidden, padding_idx=0)
+        self.transformer = CausalTransformer(
+            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len,
+            attn_dropout=config.attn_dropout,
+        )
+        self.apply(init_weights)
+
+    def encode(self, batch: SequenceBatch) -> torch.Tensor:
+        """[B, L, H] hidden states at every position."""
+        return self.transformer(self.item_embedding(batch.tokens))
+
+    def item_table(self) -> torch.Tensor:
+        return self.item_embedding.weight[1:]
+
+    def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        hidden = self.encode(batch)
+        keep = batch.targets != IGNORE
+        logits = hidden[keep] @ self.item_table().T
+        return F.cross_entropy(logits, batch.targets[keep])
+
+    def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
+        return last_positions(self.encode(batch), batch.lengths) @ self.item_table().T

@@ -1,0 +1,143 @@
+"""Readers: each format loads, and bad input fails with an error that names the file and line."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mp4sr.data import leave_one_out, load_dataset
+from mp4sr.data.readers import read_atomic, read_s3rec, read_table, read_unisrec
+from mp4sr.errors import DataError
+
+HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+
+
+def test_beauty_ids_loads(shared_data):
+    ds = load_dataset(shared_data / "amazon-beauty-ids")
+    assert (ds.n_users, ds.n_items, ds.n_interactions) == (22363, 12101, 198502)
+    # ids are 1..n, so item index = id - 1 and the first line "1 1 2 3 4 5" maps to 0..4
+    assert ds.sequences[0].tolist() == [0, 1, 2, 3, 4]
+    assert ds.items.ids[0] == "1"
+
+
+def _unisrec(tmp_path, train="0\t0 1\t2\n0\t0\t1\n", valid="0\t0 1 2\t3\n", test="0\t0 1 2 3\t4\n", n_items=5):
+    (tmp_path / "X.item2index").write_text("".join(f"I{i}\t{i}\n" for i in range(n_items)))
+    (tmp_path / "X.user2index").write_text("U0\t0\n")
+    (tmp_path / "X.train.inter").write_text(HEADER + train)
+    (tmp_path / "X.valid.inter").write_text(HEADER + valid)
+    (tmp_path / "X.test.inter").write_text(HEADER + test)
+    return tmp_path
+
+
+def test_small_unisrec_folder(tmp_path):
+    ds = read_unisrec(_unisrec(tmp_path))
+    assert ds.sequences[0].tolist() == [0, 1, 2, 3, 4]
+    assert ds.items.text is None
+
+
+def test_unisrec_malformed_line(tmp_path):
+    with pytest.raises(DataError, match=r"X\.train\.inter, line 3: expected 3 tab-separated fields"):
+        read_unisrec(_unisrec(tmp_path, train="0\t0 1\t2\n0 0 1\n"))
+
+
+def test_unisrec_unknown_item(tmp_path):
+    with pytest.raises(DataError, match=r"X\.test\.inter, line 2: unknown item index 9"):
+        read_unisrec(_unisrec(tmp_path, test="0\t0 1 2 3\t9\n"))
+
+
+def test_unisrec_not_an_integer(tmp_path):
+    with pytest.raises(DataError, match=r"X\.valid\.inter, line 2: item index 'x'"):
+        read_unisrec(_unisrec(tmp_path, valid="0\t0 x 2\t3\n"))
+
+
+def test_unisrec_wrong_header(tmp_path):
+    folder = _unisrec(tmp_path)
+    (folder / "X.valid.inter").write_text("user\titems\ttarget\n0\t0 1 2\t3\n")
+    with pytest.raises(DataError, match=r"X\.valid\.inter, line 1: wrong header"):
+        read_unisrec(folder)
+
+
+def test_unisrec_empty_file(tmp_path):
+    folder = _unisrec(tmp_path)
+    (folder / "X.test.inter").write_text("")
+    with pytest.raises(DataError, match=r"X\.test\.inter: empty file"):
+        read_unisrec(folder)
+
+
+def test_unisrec_rows_that_do_not_chain(tmp_path):
+    with pytest.raises(DataError, match="do not chain"):
+        read_unisrec(_unisrec(tmp_path, test="0\t0 1 2 4\t3\n"))
+
+
+def test_s3rec_errors(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 1 2 3\n2 4 five 6\n")
+    with pytest.raises(DataError, match=r"bad\.txt, line 2: item id 'five' is not an integer"):
+        read_s3rec(bad)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match="empty file"):
+        read_s3rec(empty)
+
+
+def test_atomic_with_item_text(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    # user a: b, c, then b again (the duplicate keeps its last time), ties broken by file order
+    rows += ["a\tb\t1", "a\tc\t2", "a\td\t3", "a\tb\t4", "a\te\t4", "a\tf\t5", "x\tb\t1"]
+    (folder / "toy.inter").write_text("\n".join(rows) + "\n")
+    (folder / "toy.item").write_text("item_id:token\ttitle:token_seq\nb\tBee\nc\tSea\n")
+    ds = read_atomic(folder, user_core=5)
+    assert ds.user_ids.tolist() == ["a"]  # x has one interaction
+    assert [ds.items.ids[i] for i in ds.sequences[0]] == ["c", "d", "b", "e", "f"]
+    assert ds.items.text[list(ds.items.ids).index("b")] == "Bee"
+    assert ds.items.text[list(ds.items.ids).index("d")] == ""
+
+
+def test_atomic_errors(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "toy.inter").write_text("user_id\titem_id\na\tb\n")
+    with pytest.raises(DataError, match=r"toy\.inter, line 1: header field 'user_id' is not 'name:type'"):
+        read_atomic(folder)
+    (folder / "toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\na\tb\t1\na\tc\n")
+    with pytest.raises(DataError, match=r"toy\.inter, line 3: expected 3 fields"):
+        read_atomic(folder)
+    (folder / "toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\na\tb\tsoon\n")
+    with pytest.raises(DataError, match=r"toy\.inter, line 2: field 'timestamp' value 'soon' is not a number"):
+        read_atomic(folder)
+    (folder / "toy.inter").write_bytes(b"user_id:token\titem_id:token\n\xff\xfe\tb\n")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        read_atomic(folder)
+
+
+def test_table_csv_and_parquet(tmp_path):
+    rng = np.random.default_rng(0)
+    log = pd.DataFrame({
+        "user_id": np.repeat([f"u{i}" for i in range(20)], 8),
+        "item_id": rng.integers(0, 30, 160).astype(str),
+        "timestamp": rng.integers(0, 1000, 160),
+    })
+    items = pd.DataFrame({"item_id": [str(i) for i in range(30)], "title": [f"item {i}" for i in range(30)]})
+    log.to_csv(tmp_path / "interactions.csv", index=False)
+    items.to_parquet(tmp_path / "items.parquet")
+    ds = load_dataset(tmp_path)
+    assert ds.n_users <= 20 and ds.sequences.lengths.min() >= 5
+    dedup = log.sort_values("timestamp", kind="stable").drop_duplicates(["user_id", "item_id"], keep="last")
+    assert ds.n_interactions == len(dedup[dedup.groupby("user_id")["item_id"].transform("size") >= 5])
+    assert all(t.startswith("item ") for t in ds.items.text)
+    leave_one_out(ds)  # every remaining user can be split
+    log.to_parquet(tmp_path / "log.parquet")
+    assert read_table(tmp_path / "log.parquet").n_interactions == ds.n_interactions
+
+
+def test_table_missing_column(tmp_path):
+    pd.DataFrame({"user": [1], "item_id": [2]}).to_csv(tmp_path / "log.csv", index=False)
+    with pytest.raises(DataError, match=r"log\.csv: missing column\(s\) \['user_id'\]"):
+        read_table(tmp_path / "log.csv")
+
+
+def test_unknown_dataset_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("MP4SR_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="MP4SR_DATA_DIR"):
+        load_dataset("no-such-dataset")

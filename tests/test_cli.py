@@ -1,0 +1,29 @@
+import json
+
+from typer.testing import CliRunner
+
+from mp4sr.cli import app
+
+runner = CliRunner()
+
+
+def test_datasets_lists_shared_data():
+    result = runner.invoke(app, ["datasets"])
+    assert result.exit_code == 0, result.output
+    assert "amazon-scientific-mm" in result.output and "2,928" in result.output
+
+
+def test_train_pop_writes_metrics(tmp_path):
+    out = tmp_path / "pop"
+    result = runner.invoke(app, ["train", "--model", "pop", "--dataset", "amazon-scientific-mm", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (5, 10, 20, 50)}
+    assert 0 < metrics["test"]["recall@50"] < 1
+    assert (out / "best.pt").is_file() and (out / "config.yaml").is_file()
+
+
+def test_unknown_dataset_is_a_clean_error(tmp_path):
+    result = runner.invoke(app, ["train", "--dataset", "nope", "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "not found" in str(result.exception)
