@@ -89,6 +89,99 @@ def train(
     console.print(f"metrics: {out / 'metrics.json'}")
 
 
+def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[str]], out: Optional[Path],
+           init_from: Optional[str] = None):
+    """Build the config of an MP4SR stage, train it, print its table; returns (config, output, out)."""
+    from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
+    from mp4sr.train import train_run
+
+    base = PRETRAIN_DEFAULTS if kind == "pretrain" else FINETUNE_DEFAULTS
+    cfg: RunConfig = build_config(RunConfig, config, set_, base=base, dataset=dataset, init_from=init_from)
+    out = out or default_out_dir(kind, cfg.dataset, cfg.model)
+    console.print(f"{kind} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
+    output = train_run(cfg, out)
+    _out_console().print(metrics_table(output.metrics(), f"{kind}: {cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})"))
+    return cfg, output, out
+
+
+DatasetOpt = typer.Option("amazon-scientific-mm", "--dataset", "-d", help="Dataset name or path.")
+OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default runs/<...>).")
+
+
+@app.command()
+def pretrain(dataset: str = DatasetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+             out: Optional[Path] = OutOpt) -> None:
+    """Pre-train the MP4SR encoder (next-item prediction + cross-modality contrast)."""
+    _stage("pretrain", dataset, config, set_, out)
+
+
+@app.command()
+def finetune(
+    dataset: str = DatasetOpt,
+    from_: Optional[str] = typer.Option(None, "--from", help="Pre-trained checkpoint (file or run folder); none = from scratch."),
+    config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[Path] = OutOpt,
+) -> None:
+    """Fine-tune MP4SR for next-item prediction (from a pre-trained checkpoint)."""
+    _stage("finetune", dataset, config, set_, out, init_from=from_)
+
+
+@app.command()
+def run(
+    dataset: str = DatasetOpt,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML applied to both stages."),
+    pretrain_set: Optional[list[str]] = typer.Option(None, "--pretrain-set", help="key=value for pre-training only."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="key=value for fine-tuning (and both stages' shared keys)."),
+    out: Optional[Path] = OutOpt,
+) -> None:
+    """End to end: features -> pre-train -> fine-tune -> test -> report."""
+    import json as _json
+
+    from mp4sr.report import write_run_report
+
+    out = out or default_out_dir("run", dataset, "mp4sr")
+    shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
+    pre_cfg, pre, _ = _stage("pretrain", dataset, config, shared + (pretrain_set or []), out / "pretrain")
+    fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune", init_from=str(out / "pretrain" / "best.pt"))
+    (out / "metrics.json").write_text(_json.dumps(fin.metrics(), indent=2))
+    report = write_run_report(out, pre.metrics(), fin.metrics(), pre_cfg, fin_cfg)
+    console.print(f"report: {report}")
+
+
+@app.command()
+def features(
+    dataset: str = DatasetOpt,
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="sentence-transformers name or folder, or a HF encoder folder (default all-MiniLM-L6-v2)."),
+    image_encoder: Optional[str] = typer.Option(None, "--image-encoder", help="'efficientnet-lite0' (default) or a CLIP folder."),
+    image_mode: str = typer.Option("embed", "--image-mode", help="embed | keywords"),
+    image_from: Optional[str] = typer.Option("auto", "--image-from", help="dataset whose image vectors to join by item id ('auto': <name>-mm when present)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: compute part I of N (merge with features-merge)."),
+    max_vectors: int = typer.Option(10, "--max-vectors", help="vectors kept per item."),
+    no_text: bool = typer.Option(False, "--no-text"),
+    no_image: bool = typer.Option(False, "--no-image"),
+) -> None:
+    """Compute (or import) item text and image vectors into the feature cache."""
+    from mp4sr.features import run_features
+
+    run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors,
+                 no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from)
+
+
+@app.command("features-merge")
+def features_merge(
+    dataset: str = DatasetOpt,
+    parts: Optional[list[Path]] = typer.Argument(None, help="'.partial' folders copied from other machines."),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder"),
+    image_encoder: Optional[str] = typer.Option(None, "--image-encoder"),
+    image_mode: str = typer.Option("embed", "--image-mode"),
+    max_vectors: int = typer.Option(10, "--max-vectors"),
+) -> None:
+    """Merge the shards of `mp4sr features --shard I/N` into one store."""
+    from mp4sr.features import run_features_merge
+
+    run_features_merge(dataset, parts or (), text_encoder=text_encoder, image_encoder=image_encoder,
+                       image_mode=image_mode, max_vectors=max_vectors, echo=typer.echo)
+
+
 @app.command()
 def datasets() -> None:
     """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes."""

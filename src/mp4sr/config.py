@@ -60,11 +60,23 @@ class EvalSettings(Section):
     )
 
 
+class FeatureSettings(Section):
+    """Which item features content-based models use (see `mp4sr features`)."""
+
+    text: str | None = Field("auto", description="'auto', an encoder name or folder, or null for none")
+    image: str | None = Field("auto", description="'auto', 'efficientnet-lite0', a CLIP folder, or null")
+    image_mode: Literal["embed", "keywords"] = "embed"
+    image_from: str | None = Field("auto", description="a dataset whose image vectors to join by item id")
+    max_vectors: int = Field(10, ge=1, description="vectors kept per item (sentences, fields, images)")
+
+
 class RunConfig(Section):
     model: str = "sasrec"
     dataset: str = "amazon-scientific-mm"
     params: dict[str, Any] = Field(default_factory=dict, description="the model's own settings")
+    init_from: str | None = Field(None, description="checkpoint whose encoder weights start the training")
     data: DataSettings = Field(default_factory=DataSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
@@ -113,14 +125,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
+# Settings of the two MP4SR stages (the official code's): applied over the defaults, under files.
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "mp4sr",
+    "params": {"stage": "pretrain"},
+    "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 0.0, "epochs": 30, "patience": 10},
+}
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "model": "mp4sr",
+    "params": {"stage": "finetune"},
+    "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 1e-3, "epochs": 300, "patience": 20},
+}
+
+
 def build_config(
     cls: type[BaseModel] = RunConfig,
     file: str | Path | None = None,
     overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
     **explicit: Any,
 ) -> Any:
-    """Defaults < file < overrides < explicit (non-None) values."""
-    tree = read_yaml(file) if file else {}
+    """Defaults < base < file < overrides < explicit (non-None) values."""
+    tree = deep_merge(base or {}, read_yaml(file) if file else {})
     tree = deep_merge(tree, parse_overrides(overrides))
     tree = deep_merge(tree, {k: v for k, v in explicit.items() if v is not None})
     try:

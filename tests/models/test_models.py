@@ -17,13 +17,23 @@ def split(scientific_mm):
     return leave_one_out(scientific_mm)
 
 
-def _context(split):
-    return ModelContext(split.dataset.n_items, 50, split.train_counts(), extras={"dataset": split.dataset})
+@pytest.fixture(scope="module")
+def stores(split):
+    from mp4sr.config import RunConfig
+    from mp4sr.train.run import dataset_features
+
+    return dataset_features(RunConfig(train={"progress": False}), split.dataset)
+
+
+def _context(split, features=None):
+    return ModelContext(split.dataset.n_items, 50, split.train_counts(), features=features,
+                        extras={"dataset": split.dataset})
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_one_epoch_smoke(name, split):
-    model = build_model(name, {}, _context(split))
+def test_one_epoch_smoke(name, split, stores):
+    features = stores if getattr(REGISTRY[name], "needs_features", False) else None
+    model = build_model(name, {}, _context(split, features))
     settings = TrainSettings(epochs=1, batch_size=512, progress=False)
     trainer = Trainer(model, split, split.train_examples("sequence"), settings, EvalSettings(), 50)
     result = trainer.fit()

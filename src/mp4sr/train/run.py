@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from mp4sr.config import RunConfig
 from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
-from mp4sr.models import ModelContext, build_model
+from mp4sr.errors import ConfigError
+from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.train.trainer import Trainer, TrainResult
 
 
@@ -37,6 +39,34 @@ def checkpoint_payload(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
     }
 
 
+def dataset_features(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    """The dataset's feature stores (computed or imported once, then read from the cache)."""
+    from mp4sr.features import feature_stores
+
+    f = config.features
+    stores = feature_stores(
+        dataset, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
+        max_vectors=f.max_vectors, progress=config.train.progress,
+    )
+    found = {m: s for m, s in stores.items() if s is not None}
+    for store in found.values():
+        store.check_matches(dataset.items.ids)
+    return found
+
+
+def load_encoder(model, checkpoint: str | Path) -> None:
+    """Start ``model`` from the weights of a (pre-training) checkpoint."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not hasattr(model, "load_pretrained"):
+        raise ConfigError(f"model {model.name!r} cannot start from a pre-trained checkpoint")
+    model.load_pretrained(state["state_dict"])
+
+
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
               context_extras: dict[str, Any] | None = None) -> RunOutput:
     """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``."""
@@ -44,9 +74,12 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     split = leave_one_out(dataset)
     context = ModelContext(
         n_items=dataset.n_items, max_len=config.data.max_len, item_counts=split.train_counts(),
+        features=dataset_features(config, dataset) if getattr(model_class(config.model), "needs_features", False) else None,
         extras={"dataset": dataset, **(context_extras or {})},
     )
     model = build_model(config.model, config.params, context)
+    if config.init_from:
+        load_encoder(model, config.init_from)
     examples = split.train_examples(config.data.training_mode, config.data.max_len)
     out = Path(out_dir) if out_dir else None
     if out:

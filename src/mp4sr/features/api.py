@@ -1,0 +1,191 @@
+"""The high-level entry points: a dataset's text and image stores with sensible defaults, and the
+functions behind ``mp4sr features`` and ``mp4sr features-merge``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mp4sr.data import Dataset, find_dataset
+from mp4sr.errors import ConfigError, DataError
+from mp4sr.features.catalogue import ItemSource, load_items
+from mp4sr.features.chunks import Shard
+from mp4sr.features.extract import RunOptions, extract_images, extract_text
+from mp4sr.features.images import MODES
+from mp4sr.features.importing import import_vectors
+from mp4sr.features.store import FeatureStore
+from mp4sr.features.text import TextEncoder
+
+log = logging.getLogger(__name__)
+AUTO = "auto"
+
+
+@dataclass
+class Settings:
+    """Everything that picks and shapes the stores of a dataset (shared by both modalities)."""
+
+    text: str | TextEncoder | None = AUTO  # 'auto', an encoder (name, folder or object), or None for none
+    image: str | None = AUTO  # 'auto', 'efficientnet-lite0', a CLIP folder, or None
+    image_mode: str = "embed"
+    image_from: str | None = AUTO  # a dataset whose precomputed image vectors to join by item id
+    max_vectors: int = 10
+    text_pooling: str = AUTO
+    n_keywords: int = 15
+    vocabulary: str | Path | Sequence[str] | None = None
+    dtype: str = "float16"
+    shard: Shard | None = None
+    merge_parts: Sequence[Path] | None = None
+    progress: bool = True
+
+    def options(self, chunk_size: int) -> RunOptions:
+        return RunOptions(chunk_size=chunk_size, shard=self.shard, merge_parts=self.merge_parts,
+                          dtype=self.dtype, progress=self.progress)
+
+
+Outcome = tuple[FeatureStore | None, str]  # the store (None: none, or this shard is done) and what happened
+
+
+def _text_store(src: ItemSource, s: Settings) -> Outcome:
+    if s.text is None:
+        return None, "skipped"
+    if s.text == AUTO and "text_vectors" in src.extras:
+        path = Path(src.extras["text_vectors"])
+        store = import_vectors(path, src.catalogue.ids, modality="text", name=path.name, dataset=src.name, dtype=s.dtype)
+        return store, f"imported from {path}"
+    cat = src.catalogue
+    if not (cat.fields or (cat.text and any(t.strip() for t in cat.text))):
+        if s.text != AUTO:
+            raise DataError(f"the items of {src.name!r} have no text to encode")
+        return None, "no item text in this dataset"
+    store = extract_text(cat, src.name, None if s.text == AUTO else s.text, split=src.text_split,
+                         max_vectors=s.max_vectors, pooling=s.text_pooling, options=s.options(1024))
+    return store, "extracted"
+
+
+def _sibling_vectors(src: ItemSource, image_from: str | None) -> tuple[Path, list[str], str] | None:
+    """Precomputed image vectors of another dataset with the same item ids (e.g. amazon-scientific-mm
+    for amazon-scientific): (file, that dataset's item ids, its name), or None."""
+    if image_from is None or image_from == "none":
+        return None
+    name = f"{src.name}-mm" if image_from == AUTO else image_from
+    beside = src.folder.parent / name if src.folder is not None else None
+    try:
+        sibling = load_items(beside if beside is not None and beside.is_dir() else find_dataset(name))
+    except DataError:
+        if image_from == AUTO:
+            return None
+        raise
+    if "image_vectors" not in sibling.extras:
+        if image_from == AUTO:
+            return None
+        raise DataError(f"dataset {name!r} has no precomputed image vectors (a .feat3CLS file) to import")
+    return Path(sibling.extras["image_vectors"]), [str(i) for i in sibling.catalogue.ids], sibling.name
+
+
+def _image_store(src: ItemSource, s: Settings) -> Outcome:
+    if s.image is None:
+        return None, "skipped"
+    if s.image_mode not in MODES:
+        raise ConfigError(f"image mode {s.image_mode!r}: use one of {', '.join(MODES)}")
+    paths = src.catalogue.image_paths
+    has_files = paths is not None and any(paths)
+    if s.image == AUTO and s.image_mode == "embed" and "image_vectors" in src.extras:
+        path = Path(src.extras["image_vectors"])
+        store = import_vectors(path, src.catalogue.ids, modality="image", name=path.name, dataset=src.name, dtype=s.dtype)
+        return store, f"imported from {path}"
+    if has_files or s.image != AUTO:
+        if not has_files:
+            raise DataError(f"the items of {src.name!r} have no image files to encode with {s.image!r}")
+        text_encoder = None if s.text is None or s.text == AUTO else s.text  # keywords go to the text store's space
+        store = extract_images(src.catalogue, src.name, None if s.image == AUTO else s.image, mode=s.image_mode,
+                               text_encoder=text_encoder, n_keywords=s.n_keywords, vocabulary=s.vocabulary,
+                               max_vectors=s.max_vectors, options=s.options(256))
+        return store, "extracted"
+    found = _sibling_vectors(src, s.image_from) or (
+        (Path(src.extras["image_vectors"]), None, src.name) if "image_vectors" in src.extras else None)
+    if found is None:
+        return None, "no images or image vectors for this dataset"
+    path, ids, origin = found
+    if s.image_mode != "embed":
+        raise ConfigError(f"image_mode 'keywords' needs image files; {src.name!r} only has precomputed image "
+                          f"vectors ({path}). Use image_mode 'embed'.")
+    store = import_vectors(path, src.catalogue.ids, source_item_ids=ids, modality="image",
+                           name=f"{origin}-{path.name}", dataset=src.name, dtype=s.dtype)
+    return store, f"imported from {path}, joined on item id"
+
+
+def _build(dataset: str | Path | Dataset | ItemSource, settings: Settings) -> tuple[ItemSource, dict[str, Outcome]]:
+    src = load_items(dataset)
+    return src, {"text": _text_store(src, settings), "image": _image_store(src, settings)}
+
+
+def feature_stores(
+    dataset: str | Path | Dataset | ItemSource,
+    text: str | TextEncoder | None = AUTO,
+    image: str | None = AUTO,
+    image_mode: str = "embed",
+    **settings: Any,
+) -> dict[str, FeatureStore | None]:
+    """The text and image stores of a dataset, computed or imported on first use and reused after.
+
+    Defaults ('auto'): vectors shipped with the dataset (UniSRec .feat1CLS / .feat3CLS) are imported;
+    otherwise text is encoded with all-MiniLM-L6-v2 and image files with EfficientNet-Lite0; a dataset
+    without images gets the image vectors of its '<name>-mm' sibling (or ``image_from=``) joined on the
+    item id. ``text`` / ``image``: an encoder name or folder, or None for no store. Other keyword
+    settings: see ``Settings``. A value is None when the dataset has nothing for that modality.
+    """
+    if "shard" in settings:
+        settings["shard"] = Shard.parse(settings["shard"])
+    _, outcomes = _build(dataset, Settings(text=text, image=image, image_mode=image_mode, **settings))
+    return {modality: store for modality, (store, _) in outcomes.items()}
+
+
+def describe(modality: str, store: FeatureStore | None, what: str, seconds: float, settings: Settings) -> str:
+    """One line of `mp4sr features` output."""
+    if store is None:
+        if what == "extracted":
+            return (f"{modality}: shard {settings.shard} done; when every shard is, "
+                    f"run `mp4sr features-merge` with the same options")
+        return f"{modality}: no store ({what})"
+    m = store.manifest
+    action = f"{what} in {seconds:.1f} s" if store.computed else "reused (inputs unchanged)"
+    problems = f"; {m['n_problems']} unreadable (masked, listed in manifest.json)" if m.get("n_problems") else ""
+    return (f"{modality}: {m['encoder']} [{m['mode']}] {action}: {int(store.item_present.sum()):,}/{store.n_items:,} "
+            f"items present, shape {tuple(m['shape'])} {m['dtype']}{problems}\n  -> {store.path}")
+
+
+def run_features(
+    dataset: str,
+    text_encoder: str | None = None,
+    image_encoder: str | None = None,
+    image_mode: str = "embed",
+    shard: str | None = None,
+    max_vectors: int = 10,
+    *,
+    no_text: bool = False,
+    no_image: bool = False,
+    echo: Callable[[str], None] = print,
+    **settings: Any,
+) -> dict[str, FeatureStore | None]:
+    """`mp4sr features`: build (or reuse) a dataset's stores and print what was done."""
+    s = Settings(text=None if no_text else (text_encoder or AUTO), image=None if no_image else (image_encoder or AUTO),
+                 image_mode=image_mode, max_vectors=max_vectors, shard=Shard.parse(shard), **settings)
+    src = load_items(dataset)
+    stores = {}
+    for modality, build in (("text", _text_store), ("image", _image_store)):
+        started = time.perf_counter()
+        store, what = build(src, s)
+        echo(describe(modality, store, what, time.perf_counter() - started, s))
+        stores[modality] = store
+    return stores
+
+
+def run_features_merge(dataset: str, parts: Sequence[str | Path] = (), **options: Any) -> dict[str, FeatureStore | None]:
+    """`mp4sr features-merge`: combine the shards' chunks into the stores (the options must be those the
+    shards ran with); ``parts`` are '.partial' folders copied from other machines."""
+    if options.get("shard"):
+        raise ConfigError("features-merge takes no --shard: it merges all of them")
+    return run_features(dataset, merge_parts=[Path(p) for p in parts], **options)

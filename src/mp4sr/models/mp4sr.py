@@ -1,0 +1,371 @@
+"""MP4SR: the M2SE multimodal sequence encoder with its pre-training and fine-tuning objectives.
+
+Zhang, Zhou, Zeng, Shen, "Multimodal Pre-training Framework for Sequential Recommendation via
+Contrastive Learning" (arXiv 2303.11879). Per modality m in {text, image}:
+
+  item encoder   e_i = attention pooling over the item's vectors (trained, padding masked)
+                 z_i = MoE adaptor(e_i): sum_k softmax(e W_g)_k LayerNorm_k(Dropout(Linear_k(e)))
+  sequence       [pre-training] random item dropout, complementary text/image mixup
+                 h = causal transformer(LayerNorm(Z + P [+ E_id]))  (one transformer, shared)
+  pre-training   L = NIP_text + NIP_image + lambda * CMCL
+  fine-tuning    s_j = h^t . z'^t_j + h^v . z'^v_j over all items, z'_j = normalise(z_j [+ E_id_j])
+
+Content enters through ``ItemTables`` (item x vectors x dim arrays with masks), kept outside the
+state dict: a pre-trained encoder can be fine-tuned on a catalogue with other items (transfer), and
+new items can be scored by the inductive variant without retraining.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
+from mp4sr.errors import ConfigError
+from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender, register
+from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+
+Modality = Literal["text", "image"]
+
+
+class MP4SRConfig(ModelConfig):
+    stage: Literal["pretrain", "finetune"] = "finetune"
+    modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    ffn: int = 256
+    dropout: float = 0.2
+    pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
+    experts: int = 8
+    adaptor_dropout: float = 0.2
+    tau: float = 0.07
+    cmcl_weight: float = Field(0.01, description="lambda of the cross-modality contrastive loss")
+    nip: bool = Field(True, description="pre-training: modality-specific next-item prediction")
+    cmcl: bool = Field(True, description="pre-training: cross-modality contrastive learning")
+    mixup: bool = Field(True, description="pre-training: complementary sequence mixup")
+    mixup_max: float = Field(0.5, description="mixup probability p ~ U(0, mixup_max) per sequence")
+    item_dropout_max: float = Field(0.2, description="pre-training item dropout p ~ U(0, max) per sequence")
+    id_embedding: bool = Field(True, description="fine-tuning: transductive (item-ID embeddings) or inductive")
+    freeze_encoder: bool = Field(False, description="fine-tuning: train only the item-ID embeddings")
+
+
+@dataclass
+class ItemTable:
+    """One modality of a catalogue: vectors [n, k, d], mask [n, k] of present vectors."""
+
+    vectors: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def from_store(cls, store) -> "ItemTable":
+        vectors = torch.from_numpy(np.asarray(store.vectors, dtype=np.float32))
+        mask = torch.from_numpy(np.array(store.mask, dtype=bool))
+        if vectors.ndim == 2:
+            vectors, mask = vectors[:, None], mask.reshape(-1, 1)
+        return cls(vectors, mask)
+
+    @property
+    def present(self) -> torch.Tensor:
+        return self.mask.any(1)
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+
+class AttentionPooling(nn.Module):
+    """alpha = softmax((x W1 + b1) W2 + b2) over an item's vectors; padding rows get no weight."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+        self.score = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.score(self.proj(x)).squeeze(-1).masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # items with no vector: all zero
+        return (alpha.unsqueeze(-1) * x).sum(1)
+
+
+class MoEAdaptor(nn.Module):
+    """z = sum_k g_k(e) LayerNorm_k(Dropout(Linear_k(e))), g = softmax(e W_g); experts run as one matmul."""
+
+    def __init__(self, dim: int, hidden: int, experts: int = 8, dropout: float = 0.2):
+        super().__init__()
+        self.experts, self.hidden = experts, hidden
+        self.linear = nn.Linear(dim, hidden * experts)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_weight = nn.Parameter(torch.ones(experts, hidden))
+        self.norm_bias = nn.Parameter(torch.zeros(experts, hidden))
+        self.gate = nn.Linear(dim, experts, bias=False)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(self.linear(e).view(*e.shape[:-1], self.experts, self.hidden))
+        out = F.layer_norm(out, (self.hidden,)) * self.norm_weight + self.norm_bias
+        gate = torch.softmax(self.gate(e), dim=-1)
+        return (gate.unsqueeze(-1) * out).sum(-2)
+
+
+class ItemEncoder(nn.Module):
+    """Attention pooling then MoE adaptor; an item without any vector uses a learned 'missing' input."""
+
+    def __init__(self, dim: int, cfg: MP4SRConfig):
+        super().__init__()
+        self.pool = AttentionPooling(dim, cfg.pool_hidden)
+        self.adaptor = MoEAdaptor(dim, cfg.hidden, cfg.experts, cfg.adaptor_dropout)
+        self.missing = nn.Parameter(torch.zeros(dim))
+        self.dim = dim
+
+    def forward(self, table: ItemTable, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[len(items), hidden] representations of ``items`` (all items when None)."""
+        vectors, mask = (table.vectors, table.mask) if items is None else (table.vectors[items], table.mask[items])
+        e = self.pool(vectors.float(), mask)
+        e = torch.where(mask.any(1, keepdim=True), e, self.missing)
+        return self.adaptor(e)
+
+
+def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """-mean log softmax(anchor . candidate / tau)[label], both sides L2-normalised."""
+    logits = F.normalize(anchors, dim=-1) @ F.normalize(candidates, dim=-1).T / tau
+    return F.cross_entropy(logits, labels)
+
+
+def cmcl_loss(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
+    """Cross-modality sequence contrast: a_i <-> b_i are positives; the negatives of a_i are b_j and
+    a_j (j != i); sequences that share their target item are false negatives and are masked."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    n = a.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=a.device)
+    same = (targets[:, None] == targets[None, :]) & ~eye
+
+    def one_side(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cross = (x @ y.T / tau).masked_fill(same, float("-inf"))
+        inner = (x @ x.T / tau).masked_fill(same | eye, float("-inf"))
+        logits = torch.cat([cross, inner], dim=1)
+        return -(cross.diagonal() - torch.logsumexp(logits, dim=1))
+
+    return (one_side(a, b) + one_side(b, a)).mean() / 2
+
+
+def item_dropout(batch: SequenceBatch, max_p: float, generator: torch.Generator | None = None) -> SequenceBatch:
+    """Remove each item with probability p ~ U(0, max_p) (per sequence), keep at least one, pack left.
+
+    A kept position takes the target of the last position before the next kept one, so each output
+    still predicts the item that follows its (thinned) prefix, as in the prefix form of the paper."""
+    tokens, targets = batch.tokens, batch.targets
+    B, L = tokens.shape
+    real = tokens != PAD
+    p = torch.rand(B, 1, generator=generator, device=tokens.device) * max_p
+    keep = real & (torch.rand(B, L, generator=generator, device=tokens.device) >= p)
+    none = ~keep.any(1)
+    keep[none, (batch.lengths[none] - 1)] = True
+    pos = torch.arange(L, device=tokens.device).expand(B, L)
+    # next kept position after p (L when none): suffix minimum of the kept positions, shifted by one
+    kept_pos = torch.where(keep, pos, torch.full_like(pos, L))
+    suffix_min = torch.flip(torch.cummin(torch.flip(kept_pos, [1]), dim=1).values, [1])
+    next_kept = torch.cat([suffix_min[:, 1:], torch.full((B, 1), L, device=tokens.device)], dim=1)
+    source = torch.minimum(next_kept, batch.lengths[:, None]) - 1
+    moved_targets = targets.gather(1, source)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    lengths = keep.sum(1)
+    packed = pos < lengths[:, None]
+    new_tokens = torch.where(packed, tokens.gather(1, order), PAD)
+    new_targets = torch.where(packed, moved_targets.gather(1, order), IGNORE)
+    return SequenceBatch(new_tokens, lengths, batch.rows, targets=new_targets)
+
+
+@register
+class MP4SR(SequentialRecommender):
+    """MP4SR: multimodal (text + image) M2SE encoder, contrastive pre-training, fine-tuning."""
+
+    name = "mp4sr"
+    Config = MP4SRConfig
+    needs_features = True
+
+    def __init__(self, config: MP4SRConfig, context: ModelContext):
+        super().__init__(config, context)
+        if not config.modalities:
+            raise ConfigError("mp4sr needs at least one modality in params.modalities")
+        tables = context.features or {}
+        missing = [m for m in config.modalities if m not in tables]
+        if missing:
+            raise ConfigError(f"mp4sr: no {' or '.join(missing)} features for this dataset; run `mp4sr features`")
+        self.modalities = list(dict.fromkeys(config.modalities))
+        self.tables: dict[str, ItemTable] = {}
+        self.set_item_tables({m: tables[m] for m in self.modalities})
+        self.item_encoders = nn.ModuleDict({m: ItemEncoder(self.tables[m].vectors.shape[-1], config) for m in self.modalities})
+        self.transformer = CausalTransformer(
+            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len
+        )
+        self.id_embedding = (
+            nn.Embedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
+        )
+        self.apply(init_weights)
+        if config.stage == "finetune" and config.freeze_encoder:
+            for name, param in self.named_parameters():
+                param.requires_grad = name.startswith("id_embedding")
+
+    # ------------------------------------------------------------------ items
+
+    def set_item_tables(self, tables: dict) -> None:
+        """Attach (or replace) the item content; not part of the state dict."""
+        for m, table in tables.items():
+            table = table if isinstance(table, ItemTable) else ItemTable.from_store(table)
+            if m in self.tables and table.vectors.shape[-1] != self.tables[m].vectors.shape[-1]:
+                raise ConfigError(f"{m} vectors have {table.vectors.shape[-1]} dimensions, the model expects "
+                                  f"{self.tables[m].vectors.shape[-1]}: use the same encoder as in pre-training")
+            self.tables[m] = table
+        self.n_items = len(next(iter(self.tables.values())))
+        self._eval_cache = None
+
+    def _apply(self, fn, recurse=True):
+        # Keep the item tables on the device of the weights when the module is moved.
+        out = super()._apply(fn, recurse)
+        device = next(self.parameters()).device
+        self.tables = {m: ItemTable(t.vectors.to(device), t.mask.to(device)) for m, t in self.tables.items()}
+        self._eval_cache = None
+        return out
+
+    def item_reps(self, m: str, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_encoders[m](self.tables[m], items)
+
+    def all_item_reps(self) -> dict[str, torch.Tensor]:
+        """Representations of every item per modality; in eval mode computed once and reused until
+        the model trains again or its items or weights change."""
+        if self.training or torch.is_grad_enabled():
+            return {m: self.item_reps(m) for m in self.modalities}
+        if self._eval_cache is None:
+            self._eval_cache = {m: self.item_reps(m) for m in self.modalities}
+        return self._eval_cache
+
+    def train(self, mode: bool = True):
+        self._eval_cache = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._eval_cache = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def _id_rows(self, items: torch.Tensor) -> torch.Tensor:
+        """ID embeddings of item indexes; items added after training (index >= trained) get zeros."""
+        known = items < self.id_embedding.num_embeddings
+        rows = self.id_embedding(items.clamp(max=self.id_embedding.num_embeddings - 1))
+        return rows * known.unsqueeze(-1)
+
+    # ------------------------------------------------------------------ sequences
+
+    def _encode(self, z_seq: dict[str, torch.Tensor], real: torch.Tensor, extra: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Run the shared transformer over every modality's sequence in one batched pass."""
+        stacked = torch.cat([z_seq[m] * real.unsqueeze(-1) for m in self.modalities], dim=0)
+        if extra is not None:
+            extra = extra.repeat(len(self.modalities), 1, 1)
+        out = self.transformer(stacked, extra).chunk(len(self.modalities), dim=0)
+        return dict(zip(self.modalities, out))
+
+    def _mixup(self, z_seq: dict[str, torch.Tensor], items: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Swap text and image embeddings at the same random positions (never at padding or where an
+        item lacks either modality)."""
+        zt, zv = z_seq["text"], z_seq["image"]
+        B, L = real.shape
+        p = torch.rand(B, 1, device=real.device) * self.config.mixup_max
+        allowed = real & self.tables["text"].present[items] & self.tables["image"].present[items]
+        swap = ((torch.rand(B, L, device=real.device) < p) & allowed).unsqueeze(-1)
+        return {"text": torch.where(swap, zv, zt), "image": torch.where(swap, zt, zv)}
+
+    # ------------------------------------------------------------------ objectives
+
+    def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        if self.config.stage == "pretrain":
+            return self.pretrain_loss(batch)
+        return self.finetune_loss(batch)
+
+    def pretrain_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        cfg = self.config
+        if self.training and cfg.item_dropout_max > 0:
+            batch = item_dropout(batch, cfg.item_dropout_max)
+        real = batch.tokens != PAD
+        keep = batch.targets != IGNORE
+        # Representations of just the items this batch touches (inputs and targets).
+        items_in = (batch.tokens - 1).clamp(min=0)
+        unique, inverse = torch.unique(torch.cat([items_in[real], batch.targets[keep]]), return_inverse=True)
+        n_in = int(real.sum())
+        pos_in, target_idx = inverse[:n_in], inverse[n_in:]
+        z = {m: self.item_reps(m, unique) for m in self.modalities}
+        z_seq = {}
+        for m in self.modalities:
+            seq = z[m].new_zeros(*batch.tokens.shape, z[m].shape[-1])
+            seq[real] = z[m][pos_in]
+            z_seq[m] = seq
+        if self.training and cfg.mixup and len(self.modalities) == 2:
+            z_seq = self._mixup(z_seq, items_in, real)
+        h = self._encode(z_seq, real, None)
+        loss = batch.tokens.new_zeros((), dtype=torch.float32)
+        if cfg.nip:
+            # In-batch negatives are the distinct target items of the batch: a repeat of the
+            # positive item is therefore never a negative (false negatives masked).
+            target_unique, target_label = torch.unique(target_idx, return_inverse=True)
+            for m in self.modalities:
+                loss = loss + info_nce(h[m][keep], z[m][target_unique], target_label, cfg.tau)
+        if cfg.cmcl and cfg.cmcl_weight > 0 and len(self.modalities) == 2:
+            last = last_positions(batch.targets.unsqueeze(-1), batch.lengths).squeeze(-1)
+            a = last_positions(h["text"], batch.lengths)
+            b = last_positions(h["image"], batch.lengths)
+            loss = loss + cfg.cmcl_weight * cmcl_loss(a, b, last, cfg.tau)
+        return loss
+
+    def _finetune_scores(self, batch: SequenceBatch, positions: torch.Tensor | None) -> torch.Tensor:
+        """Scores of all items for the outputs at ``positions`` (a mask), or at the last positions."""
+        real = batch.tokens != PAD
+        items_in = (batch.tokens - 1).clamp(min=0)
+        z_all = self.all_item_reps()
+        extra = None
+        if self.id_embedding is not None:
+            extra = self._id_rows(items_in) * real.unsqueeze(-1)
+            ids = self._id_rows(torch.arange(self.n_items, device=batch.tokens.device))
+        h = self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
+        scores = 0
+        for m in self.modalities:
+            out = h[m][positions] if positions is not None else last_positions(h[m], batch.lengths)
+            z = z_all[m] + ids if self.id_embedding is not None else z_all[m]
+            scores = scores + F.normalize(out, dim=-1) @ F.normalize(z, dim=-1).T
+        return scores
+
+    def finetune_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        keep = batch.targets != IGNORE
+        scores = self._finetune_scores(batch, keep)
+        return F.cross_entropy(scores / self.config.tau, batch.targets[keep])
+
+    def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
+        if self.config.stage == "finetune":
+            return self._finetune_scores(batch, None)
+        # Pre-training has no ID embeddings: rank by content, summed over modalities.
+        real = batch.tokens != PAD
+        items_in = (batch.tokens - 1).clamp(min=0)
+        z_all = self.all_item_reps()
+        h = self._encode({m: z_all[m][items_in] for m in self.modalities}, real, None)
+        return sum(
+            F.normalize(last_positions(h[m], batch.lengths), dim=-1) @ F.normalize(z_all[m], dim=-1).T
+            for m in self.modalities
+        )
+
+    # ------------------------------------------------------------------ pre-trained weights
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
+        """Load a pre-trained encoder; the item-ID embeddings (absent in pre-training) stay new.
+        Returns the names that were not in the checkpoint."""
+        state = {k: v for k, v in state_dict.items() if not k.startswith("id_embedding")}
+        result = self.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ConfigError(f"the checkpoint has weights this model lacks: {result.unexpected_keys[:5]}")
+        absent = [k for k in result.missing_keys if not k.startswith("id_embedding")]
+        if absent:
+            raise ConfigError(
+                f"the checkpoint lacks weights for {absent[:5]}: was it pre-trained with other modalities?"
+            )
+        return result.missing_keys

@@ -1,0 +1,41 @@
+"""The short report of `mp4sr run`: the metrics of both stages as a Markdown table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def metrics_markdown(rows: dict[str, dict[str, float]], ks=(5, 10, 20, 50)) -> str:
+    """One row per named metric set, columns Recall/NDCG/MRR at each K."""
+    names = [f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in ks]
+    lines = ["| | " + " | ".join(n.replace("recall", "R").replace("ndcg", "N").replace("mrr", "MRR") for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for label, values in rows.items():
+        lines.append(f"| {label} | " + " | ".join(f"{values[n]:.4f}" if n in values else "-" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, Any], pre_cfg, fin_cfg) -> Path:
+    """Write ``out/report.md`` and return its path."""
+    text = [
+        f"# MP4SR on {fin_cfg.dataset}",
+        "",
+        "Full ranking over all items, leave-one-out; test metrics of the best validation epoch "
+        f"(selected on {fin_cfg.train.valid_metric}).",
+        "",
+        metrics_markdown({
+            "pre-trained (content only), test": pretrain["test"],
+            "fine-tuned, valid": finetune["valid"],
+            "fine-tuned, test": finetune["test"],
+        }, fin_cfg.eval.ks),
+        "",
+        f"- pre-training: best epoch {pretrain['best_epoch']}, modalities {pre_cfg.params.get('modalities', ['text', 'image'])}",
+        f"- fine-tuning: best epoch {finetune['best_epoch']}, "
+        f"{'transductive' if fin_cfg.params.get('id_embedding', True) else 'inductive'}",
+        f"- checkpoints: `{out / 'pretrain' / 'best.pt'}`, `{out / 'finetune' / 'best.pt'}`",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(text))
+    return path

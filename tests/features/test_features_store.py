@@ -1,0 +1,91 @@
+"""The on-disk FeatureStore: layout, memory-mapping, presence, item-index checks, atomic writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mp4sr.errors import DataError
+from mp4sr.features import FeatureStore, store_dir
+from mp4sr.features.store import reusable, write_store
+
+IDS = ["a", "b", "c", "d"]
+
+
+def _store(path, table=None, slots=None, dtype="float16"):
+    table = np.arange(12, dtype=np.float32).reshape(3, 4) if table is None else table
+    slots = np.array([[0, 1], [-1, -1], [2, -1], [1, 0]]) if slots is None else slots
+    manifest = {"modality": "text", "encoder": "test", "mode": "sentences", "input_hash": "h1"}
+    return write_store(path, table, slots, IDS, manifest, dtype)
+
+
+def test_store_layout_and_attributes(cache):
+    path = store_dir("toy", "text", "test")
+    assert path.is_relative_to(cache / "features")
+    store = _store(path)
+    assert isinstance(store.vectors, np.memmap) and store.vectors.dtype == np.float16
+    assert store.vectors.shape == (4, 2, 4) and store.dim == 4 and store.max_vectors == 2
+    assert store.mask.tolist() == [[True, True], [False, False], [True, False], [True, True]]
+    assert store.item_present.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(store.vectors[3, 0], np.arange(4, 8))
+    assert not store.vectors[1].any()
+    assert store.item_ids == IDS
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["shape"] == [4, 2, 4] and m["dtype"] == "float16" and m["n_items"] == 4 and m["input_hash"] == "h1"
+    assert m["items_present"] == 3 and m["item_ids_hash"]
+    loaded = FeatureStore.load(path)
+    np.testing.assert_array_equal(loaded.vectors, store.vectors)
+    batch_vectors, batch_mask = loaded.take(np.array([[3, 0], [1, 1]]))  # e.g. a batch of item sequences
+    assert batch_vectors.shape == (2, 2, 2, 4) and batch_vectors.dtype == np.float32 and batch_mask.shape == (2, 2, 2)
+    np.testing.assert_array_equal(batch_vectors[0, 0], store.vectors[3])
+    assert batch_mask[1].tolist() == [[False, False], [False, False]]
+    pooled = loaded.pooled(normalize=False)
+    np.testing.assert_allclose(pooled[0], [2, 3, 4, 5])  # mean of rows 0 and 1
+    assert not pooled[1].any()
+
+
+def test_rewrite_is_atomic_and_leaves_no_temporaries(cache):
+    path = store_dir("toy", "text", "test")
+    _store(path)
+    _store(path, dtype="float32")  # replaces the older store in place
+    assert FeatureStore.load(path).vectors.dtype == np.float32
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_reuse_only_with_the_same_input_hash(cache):
+    path = store_dir("toy", "text", "test")
+    _store(path)
+    assert reusable(path, "h1") is not None
+    assert reusable(path, "other") is None
+    assert reusable(store_dir("toy", "text", "absent"), "h1") is None
+
+
+def test_check_matches_refuses_another_item_index(cache):
+    store = _store(store_dir("toy", "text", "test"))
+    store.check_matches(IDS)
+    with pytest.raises(DataError, match=r"item 2 is 'c' in the store but 'x' here.*mp4sr features"):
+        store.check_matches(["a", "b", "x", "d"])
+    with pytest.raises(DataError, match="the store has 4 items, the dataset 5"):
+        store.check_matches([*IDS, "e"])
+
+
+def test_nan_and_float16_overflow_are_refused_naming_the_item(cache):
+    table = np.ones((3, 4), np.float32)
+    table[2, 1] = np.nan
+    with pytest.raises(DataError, match=r"item 'c' \(index 2\) has a vector with NaN"):
+        _store(store_dir("toy", "text", "nan"), table=table)
+    table[2, 1] = 1e6
+    with pytest.raises(DataError, match=r"item 'c'.*float16.*float32"):
+        _store(store_dir("toy", "text", "big"), table=table)
+    assert _store(store_dir("toy", "text", "big"), table=table, dtype="float32").vectors[2, 0, 1] == 1e6
+    unused = np.ones((4, 4), np.float32)
+    unused[3] = np.nan  # a row no item points to is harmless
+    _store(store_dir("toy", "text", "unused"), table=unused)
+
+
+def test_unreadable_store_is_a_data_error(cache):
+    path = store_dir("toy", "text", "test")
+    _store(path)
+    (path / "mask.npy").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="rebuild"):
+        FeatureStore.load(path)
