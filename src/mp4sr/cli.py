@@ -183,6 +183,50 @@ def features_merge(
 
 
 @app.command()
+def recommend(
+    ids: Optional[list[str]] = typer.Argument(None, help="History item ids, oldest first."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt or the run folder holding it."),
+    history: Optional[list[str]] = typer.Option(None, "--history", help="Item ids (also comma/space-separated)."),
+    k: int = typer.Option(10, "-k", "--k"),
+    include_seen: bool = typer.Option(False, "--include-seen", help="Also recommend items of the history."),
+    skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Ignore unknown ids instead of failing."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Top-k next items after a history (`--history ID ID ...`)."""
+    from mp4sr.serve.commands import recommend_command, split_ids
+
+    recommend_command(checkpoint, split_ids(history, ids), k, exclude_seen=not include_seen,
+                      skip_unknown=skip_unknown, as_json=as_json)
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    out: Path = typer.Option(..., "--out", "-o", help="A .parquet or .csv file."),
+    k: int = typer.Option(10, "-k", "--k"),
+    include_seen: bool = typer.Option(False, "--include-seen"),
+    batch_size: int = typer.Option(1024, "--batch-size"),
+) -> None:
+    """Top-k of every user (after the whole sequence) to .parquet or .csv."""
+    from mp4sr.serve.commands import export_command
+
+    export_command(checkpoint, out, k, exclude_seen=not include_seen, batch_size=batch_size, echo=typer.echo)
+
+
+@app.command()
+def serve(
+    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
+    port: int = typer.Option(8000, "--port"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for scoring."),
+) -> None:
+    """HTTP service: POST /recommend, POST /items, GET /health, docs at /docs."""
+    from mp4sr.serve.commands import serve_command
+
+    serve_command(checkpoint, host, port, threads=threads)
+
+
+@app.command()
 def datasets() -> None:
     """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes."""
     from mp4sr.data import list_datasets, load_dataset

@@ -1,0 +1,357 @@
+"""A trained checkpoint behind an API of external item ids (ASINs...), never internal indexes.
+
+Scores are the model's ``full_sort_predict`` on the last ``max_len`` items of a history, exactly what
+the offline evaluation ranks; an empty history falls back to popularity (training counts). Content
+models (MP4SR) can take new items without retraining: they are scored from their content alone.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mp4sr.config import RunConfig
+from mp4sr.data import Dataset, leave_one_out, load_dataset
+from mp4sr.data.batching import SequenceBatch, gather_windows
+from mp4sr.errors import ConfigError, DataError
+from mp4sr.evaluate import topk_items
+from mp4sr.models import ModelContext, build_model, model_class
+from mp4sr.models.mp4sr import ItemTable
+from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
+from mp4sr.serve.new_items import ModalityEncoder, NewItem
+
+POPULARITY = "popularity"
+CHECKPOINT_KEYS = ("state_dict", "model_name", "config", "item_ids")
+
+
+@dataclass
+class Recommendation:
+    """The ranked (item id, score) of one history; ``fallback`` says when no model scored it."""
+
+    items: list[tuple[str, float]]
+    fallback: str | None = None  # "popularity" when the history had no (known) item
+    skipped: list[str] = field(default_factory=list)  # unknown ids dropped with skip_unknown
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``best.pt`` itself, or the run folder that holds it."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} not found: give a best.pt file or the run folder that holds one")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise DataError(f"cannot read the checkpoint ({type(e).__name__}: {e})", path) from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        raise DataError(f"not an mp4sr checkpoint (it lacks {missing}); train one with `mp4sr train`", path)
+    return payload
+
+
+def _check_item_index(payload: dict[str, Any], dataset: Dataset, path: Path) -> None:
+    base = [str(i) for i in dataset.items.ids]
+    added = (payload.get("added_items") or {}).get("ids", [])
+    if list(payload["item_ids"]) != base + list(added):
+        raise DataError(
+            f"the checkpoint's item index ({len(payload['item_ids'])} items) is not that of dataset "
+            f"{dataset.name!r} ({len(base)} items) it names: was the dataset changed since training? "
+            f"Pass the dataset it was trained on.", path)
+
+
+def _run_config(payload: dict[str, Any], path: Path) -> RunConfig:
+    try:
+        config = RunConfig(**payload["config"])
+    except (TypeError, ValueError) as e:
+        raise DataError(f"the checkpoint's config is not valid for this version of mp4sr: {e}", path) from None
+    config.train.progress = False
+    return config
+
+
+def _rebuild_model(payload: dict[str, Any], config: RunConfig, data: Dataset, counts: np.ndarray, path: Path):
+    """The checkpoint's model with its weights, and the feature stores it reads (content models)."""
+    name = payload["model_name"]
+    stores = _feature_stores(config, data) if getattr(model_class(name), "needs_features", False) else {}
+    context = ModelContext(n_items=data.n_items, max_len=config.data.max_len, item_counts=counts,
+                           features=stores or None, extras={"dataset": data})
+    model = build_model(name, config.params, context)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        raise DataError(f"the checkpoint's weights do not fit model {name!r} built from its config: {e}", path) from None
+    return model, stores
+
+
+class Recommender:
+    """Top-k next items for histories of external item ids. Thread-safe: scoring and adding items
+    hold one lock (the model's item tables and caches are shared state)."""
+
+    batch_size = 512  # histories per forward pass, at most
+    batch_tokens = 8192  # histories x longest history per forward pass, at most (short ones are not padded to 50)
+
+    def __init__(self, model, item_ids: Sequence[Any], popularity: Any, *, dataset: Dataset | None = None,
+                 stores: Mapping[str, Any] | None = None, config: RunConfig | None = None,
+                 payload: Mapping[str, Any] | None = None, item_text: Sequence[str] | None = None,
+                 device: str | torch.device = "cpu"):
+        self.model = model.eval()
+        self.item_ids = np.asarray([str(i) for i in item_ids], dtype=object)
+        self.index = {item: n for n, item in enumerate(self.item_ids)}
+        self.popularity = torch.as_tensor(np.asarray(popularity), dtype=torch.float32)
+        self.item_text = list(item_text) if item_text is not None else [""] * len(self.item_ids)
+        self.dataset, self.stores, self.config = dataset, dict(stores or {}), config
+        self.payload = dict(payload or {})
+        self.device = torch.device(device)
+        self._encoders: dict[str, ModalityEncoder] = {}
+        self._added: list[tuple[list[str], list[str], dict[str, ItemTable]]] = []
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, dataset: str | Path | Dataset | None = None,
+             device: str | torch.device = "cpu") -> "Recommender":
+        """Rebuild the model of a checkpoint (a ``best.pt`` or its folder) from its stored config, with
+        the dataset's feature stores for content models; ``dataset`` overrides where the data is found."""
+        path = checkpoint_file(checkpoint)
+        payload = read_checkpoint(path)
+        config = _run_config(payload, path)
+        data = dataset if isinstance(dataset, Dataset) else load_dataset(
+            dataset or config.dataset, config.data.user_core, config.data.item_core)
+        _check_item_index(payload, data, path)
+        counts = leave_one_out(data).train_counts()
+        model, stores = _rebuild_model(payload, config, data, counts, path)
+        rec = cls(model.to(device), data.items.ids, counts, dataset=data, stores=stores, config=config,
+                  payload=payload, item_text=data.items.text, device=device)
+        if payload.get("added_items"):
+            rec._restore_added(payload["added_items"])
+        return rec
+
+    # ------------------------------------------------------------------ what it knows
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def max_len(self) -> int:
+        return int(self.model.max_len)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.payload.get("model_name", getattr(self.model, "name", "?")))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(getattr(self.model, "modalities", []))
+
+    @property
+    def supports_new_items(self) -> bool:
+        return hasattr(self.model, "set_item_tables") and hasattr(self.model, "tables")
+
+    @property
+    def n_added(self) -> int:
+        return sum(len(ids) for ids, _, _ in self._added)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model_name, "dataset": self.payload.get("dataset"), "n_items": self.n_items,
+                "added_items": self.n_added, "max_len": self.max_len, "supports_new_items": self.supports_new_items,
+                "modalities": self.modalities}
+
+    # ------------------------------------------------------------------ recommending
+
+    def recommend(self, history: Sequence[str], k: int = 10, exclude_seen: bool = True,
+                  candidates: Sequence[str] | None = None, skip_unknown: bool = False) -> list[tuple[str, float]]:
+        """The top ``k`` (item id, score) after ``history`` (oldest first)."""
+        return self.rank([history], k, exclude_seen, candidates, skip_unknown)[0].items
+
+    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True,
+                        candidates: Sequence[str] | None = None, skip_unknown: bool = False) -> list[list[tuple[str, float]]]:
+        """``recommend`` for many histories, scored in batched forward passes."""
+        return [r.items for r in self.rank(histories, k, exclude_seen, candidates, skip_unknown)]
+
+    def rank(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True,
+             candidates: Sequence[str] | None = None, skip_unknown: bool = False) -> list[Recommendation]:
+        """Recommendations with their details (fallback, skipped ids); see ``recommend``."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        known, skipped = self.resolve(histories, skip_unknown)
+        allowed = None if candidates is None else self.resolve([candidates], skip_unknown, "candidates")[0][0]
+        out = []
+        for start in range(0, len(known), self.batch_size):
+            part = known[start : start + self.batch_size]
+            out += self.select_top(self.score_indexes(part), part, k, exclude_seen, allowed)
+        return [Recommendation(items, None if h else POPULARITY, s) for items, h, s in zip(out, known, skipped)]
+
+    def resolve(self, histories: Sequence[Sequence[str]], skip_unknown: bool = False,
+                what: str = "history") -> tuple[list[list[int]], list[list[str]]]:
+        """Item indexes of each history and the unknown ids dropped from it (an error unless ``skip_unknown``)."""
+        known, skipped = [], []
+        for history in histories:
+            if isinstance(history, (str, bytes)):
+                raise DataError(f"a {what} is a list of item ids, not one string: {history!r:.80}")
+            ids = [str(item) for item in history]
+            known.append([self.index[i] for i in ids if i in self.index])
+            skipped.append([i for i in ids if i not in self.index])
+        unknown = [i for ids in skipped for i in ids]
+        if unknown and not skip_unknown:
+            raise UnknownItemsError(unknown, self.n_items, what)
+        return known, skipped
+
+    def score_indexes(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """[B, n_items] scores after each history of item indexes."""
+        lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+        values = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if lengths.sum() else np.zeros(1, np.int64)
+        end = np.cumsum(lengths)
+        return self.score_windows(torch.from_numpy(values), end - lengths, end)
+
+    @torch.no_grad()  # not inference_mode: callers mask the scores in place
+    def score_windows(self, values: torch.Tensor, start: np.ndarray, end: np.ndarray) -> torch.Tensor:
+        """[B, n_items] scores after the histories ``values[start[b]:end[b]]``: the model's on their last
+        ``max_len`` items (as the offline evaluation batches them), popularity where a history is empty."""
+        start = np.maximum(start, end - self.max_len)
+        rows = np.flatnonzero(end > start)
+        rows = rows[np.argsort(end[rows] - start[rows], kind="stable")]  # similar lengths share a batch
+        with self._lock:
+            out = self.popularity.expand(len(start), -1).clone()
+            for part in length_chunks(end[rows] - start[rows], self.batch_size, self.batch_tokens):
+                chunk = rows[part]
+                s, e, idx = (torch.from_numpy(a[chunk]) for a in (start, end, np.arange(len(start))))
+                tokens, _ = gather_windows(values, s, e)
+                batch = SequenceBatch(tokens, e - s, idx).to(self.device)
+                out[idx] = self.model.full_sort_predict(batch).float().cpu()
+        return out
+
+    def select_top(self, scores: torch.Tensor, histories: Sequence[Sequence[int]], k: int, exclude_seen: bool = True,
+                   candidates: Sequence[int] | None = None) -> list[list[tuple[str, float]]]:
+        """The top-k (id, score) of each row of ``scores`` (changed in place), without the items of its
+        history when ``exclude_seen``, among ``candidates`` (item indexes) when given."""
+        if exclude_seen:
+            lengths = [len(h) for h in histories]
+            if sum(lengths):
+                rows = np.repeat(np.arange(len(histories)), lengths)
+                scores[rows, np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])] = -torch.inf
+        if candidates is not None:
+            allowed = torch.zeros(scores.shape[1], dtype=torch.bool)
+            allowed[torch.as_tensor(list(candidates), dtype=torch.long)] = True
+            scores.masked_fill_(~allowed, -torch.inf)
+        top, idx = topk_items(scores, k)
+        ids = self.item_ids[idx.numpy()]
+        return [[(i, s) for i, s in zip(row_ids, row_scores) if s != -np.inf]
+                for row_ids, row_scores in zip(ids.tolist(), top.tolist())]
+
+    # ------------------------------------------------------------------ new items
+
+    def add_items(self, items: Sequence[NewItem | Mapping[str, Any]]) -> list[str]:
+        """Add items without retraining (content models): each ``{id, text?, image?|image_path?,
+        text_vector?, image_vector?}`` is encoded like the model's feature stores and scored from its
+        content alone (new items have no ID embedding). Returns the ids added."""
+        if not self.supports_new_items:
+            raise UnsupportedError(
+                f"model {self.model_name!r} scores items by ID embeddings learned in training, so it cannot score "
+                f"items it was not trained on. Use a content model (e.g. mp4sr) to add items without retraining.")
+        new = [NewItem.parse(item) for item in items]
+        ids = [item.id for item in new]
+        clash = [i for i in ids if i in self.index] + [i for i, n in Counter(ids).items() if n > 1]
+        if clash:
+            raise DuplicateItemsError(clash)
+        empty = [i.id for i in new if not any(i.has_content(m) or i.vector(m) is not None for m in self.modalities)]
+        if empty:
+            raise DataError(f"new item(s) {empty[:10]} have no content: give text, an image or precomputed vectors "
+                            f"for at least one of the model's modalities {self.modalities}")
+        tables = {m: self._encoder(m).encode(new) for m in self.modalities}
+        self._append(ids, [item.text or "" for item in new], tables)
+        return ids
+
+    def _encoder(self, modality: str) -> ModalityEncoder:
+        if modality not in self._encoders:
+            table = self.model.tables[modality]
+            store = self.stores.get(modality)
+            manifest = store.manifest if store is not None else {"mode": "imported", "encoder": "unknown"}
+            features = self.config.features if self.config is not None else None
+            self._encoders[modality] = ModalityEncoder(modality, manifest, table.vectors.shape[1],
+                                                       table.vectors.shape[2], features)
+        return self._encoders[modality]
+
+    def _append(self, ids: list[str], texts: list[str], tables: dict[str, ItemTable]) -> None:
+        with self._lock:
+            if any(i in self.index for i in ids):  # added meanwhile by another thread
+                raise DuplicateItemsError([i for i in ids if i in self.index])
+            old = self.model.tables
+            self.model.set_item_tables({
+                m: ItemTable(torch.cat([old[m].vectors, t.vectors.to(old[m].vectors)]),
+                             torch.cat([old[m].mask, t.mask.to(old[m].mask.device)]))
+                for m, t in tables.items()})
+            first = len(self.item_ids)
+            self.item_ids = np.concatenate([self.item_ids, np.asarray(ids, dtype=object)])
+            self.index.update({item: first + n for n, item in enumerate(ids)})
+            self.popularity = torch.cat([self.popularity, torch.zeros(len(ids))])  # no interactions yet
+            self.item_text += texts
+            self._added.append((list(ids), list(texts), tables))
+
+    def _restore_added(self, added: Mapping[str, Any]) -> None:
+        tables = {m: ItemTable(t["vectors"].float(), t["mask"].bool()) for m, t in added["tables"].items()}
+        missing = set(self.modalities) - set(tables)
+        if missing:
+            raise DataError(f"the checkpoint's added items lack {sorted(missing)} vectors")
+        self._append(list(added["ids"]), list(added.get("text") or [""] * len(added["ids"])), tables)
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint with the extended catalogue (a folder -> ``folder/best.pt``, or a ``.pt``
+        file) and ``items.csv`` beside it; ``Recommender.load`` of it restores the added items."""
+        from mp4sr.train.trainer import atomic_save
+
+        path = Path(path)
+        file = path if path.suffix == ".pt" else path / "best.pt"
+        file.parent.mkdir(parents=True, exist_ok=True)
+        payload = {**self.payload, "state_dict": self.model.state_dict(), "item_ids": [str(i) for i in self.item_ids]}
+        payload.pop("added_items", None)
+        if self._added:
+            payload["added_items"] = self._added_payload()
+        atomic_save(payload, file)
+        n_base = self.n_items - self.n_added
+        pd.DataFrame({"item_id": self.item_ids, "added": np.arange(self.n_items) >= n_base,
+                      "text": self.item_text}).to_csv(file.parent / "items.csv", index=False)
+        return file
+
+    def _added_payload(self) -> dict[str, Any]:
+        modalities = self._added[0][2].keys()
+        return {
+            "ids": [i for ids, _, _ in self._added for i in ids],
+            "text": [t for _, texts, _ in self._added for t in texts],
+            "tables": {m: {"vectors": torch.cat([t[m].vectors for _, _, t in self._added]).cpu(),
+                           "mask": torch.cat([t[m].mask for _, _, t in self._added]).cpu()} for m in modalities},
+        }
+
+
+def length_chunks(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[slice]:
+    """Consecutive slices of ascending ``lengths``, each of at most ``max_rows`` rows and at most
+    ``max_tokens`` rows x its longest length: padding stays small when a few histories are long."""
+    chunks, first = [], 0
+    for n in range(1, len(lengths)):
+        if n - first >= max_rows or (n + 1 - first) * lengths[n] > max_tokens:
+            chunks.append(slice(first, n))
+            first = n
+    if len(lengths):
+        chunks.append(slice(first, len(lengths)))
+    return chunks
+
+
+def _feature_stores(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+    from mp4sr.train.run import dataset_features
+
+    return dataset_features(config, dataset)

@@ -1,0 +1,228 @@
+"""The HTTP service against checkpoints trained on real data: its rankings are the offline
+evaluation's, and its bounds, errors and fallbacks are what the docs say."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from mp4sr.data.batching import eval_batches
+
+
+def ids_of(dataset, indexes) -> list[str]:
+    return [str(dataset.items.ids[i]) for i in indexes]
+
+
+def history_of(dataset, evalset, user: int) -> list[str]:
+    return ids_of(dataset, dataset.sequences.items[evalset.hist_start[user] : evalset.hist_end[user]])
+
+
+def assert_same_ranking(got: dict, expected: dict) -> None:
+    """Same items and scores, up to float noise (batches of other shapes round differently): two items
+    may only swap places where their scores tie."""
+    assert len(got["items"]) == len(expected["items"])
+    for a, b in zip(got["items"], expected["items"]):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+        assert a["item_id"] == b["item_id"] or abs(a["score"] - b["score"]) < 1e-5
+    assert {k: v for k, v in got.items() if k != "items"} == {k: v for k, v in expected.items() if k != "items"}
+
+
+def post(client, **body):
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mp4sr"])
+def test_topk_equals_offline_evaluation(name, clients, recommenders, scientific_mm, split):
+    """The top-k of a test user's history over HTTP is the ranking of full_sort_predict on the
+    evaluation batch that the offline evaluation builds for that user."""
+    model = recommenders[name].model
+    values = torch.from_numpy(scientific_mm.sequences.items)
+    batch = next(eval_batches(values, split.test, model.max_len, 48))
+    with torch.no_grad():
+        top = torch.topk(model.full_sort_predict(batch), 10)
+    histories = [history_of(scientific_mm, split.test, u) for u in batch.rows.tolist()]
+    results = post(clients[name], histories=histories, k=10, exclude_seen=False)["results"]
+    for result, scores, indexes in zip(results, top.values.tolist(), top.indices.tolist()):
+        assert [r["item_id"] for r in result["items"]] == ids_of(scientific_mm, indexes)
+        assert [r["score"] for r in result["items"]] == pytest.approx(scores, abs=1e-5)
+        assert result["fallback"] is None
+
+
+def test_exclude_seen_matches_offline_exclude_history(clients, recommenders, scientific_mm, split):
+    rec, user = recommenders["sasrec"], 7
+    history = history_of(scientific_mm, split.test, user)
+    with torch.no_grad():
+        scores = rec.score_indexes([[rec.index[i] for i in history]])[0]
+    scores[[rec.index[i] for i in history]] = -torch.inf
+    expected = ids_of(scientific_mm, torch.topk(scores, 10).indices.tolist())
+    got = post(clients["sasrec"], history=history, k=10)  # exclude_seen is on by default
+    assert [r["item_id"] for r in got["items"]] == expected
+    assert not set(expected) & set(history)
+
+
+def test_single_and_batch_agree(clients, scientific_mm, split):
+    histories = [history_of(scientific_mm, split.valid, u) for u in (0, 1, 2)] + [[]]
+    batch = post(clients["mp4sr"], histories=histories, k=5)["results"]
+    assert len(batch) == len(histories)
+    for got, history in zip(batch, histories):
+        assert_same_ranking(got, post(clients["mp4sr"], history=history, k=5))
+
+
+def test_unknown_ids_are_422_naming_them(clients, scientific_mm, split):
+    history = history_of(scientific_mm, split.test, 3)
+    response = clients["sasrec"].post("/recommend", json={"history": [*history, "NOT-AN-ASIN", "ALSO-NOT"]})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["ids"] == ["NOT-AN-ASIN", "ALSO-NOT"]
+    assert "NOT-AN-ASIN" in body["detail"] and "skip_unknown" in body["detail"]
+
+
+def test_skip_unknown_drops_them(clients, scientific_mm, split):
+    history = history_of(scientific_mm, split.test, 3)
+    mixed = ["NOT-AN-ASIN", *history[:2], "ALSO-NOT", *history[2:]]
+    got = post(clients["sasrec"], history=mixed, skip_unknown=True)
+    assert got["skipped"] == ["NOT-AN-ASIN", "ALSO-NOT"]
+    assert got["items"] == post(clients["sasrec"], history=history)["items"]
+
+
+def test_empty_history_falls_back_to_popularity(clients, split):
+    got = post(clients["sasrec"], history=[], k=5)
+    assert got["fallback"] == "popularity"
+    counts = split.train_counts()
+    assert [r["score"] for r in got["items"]] == sorted(counts, reverse=True)[:5]
+    only_unknown = post(clients["sasrec"], history=["NOT-AN-ASIN"], k=5, skip_unknown=True)
+    assert only_unknown["fallback"] == "popularity" and only_unknown["items"] == got["items"]
+
+
+def test_long_history_is_truncated_to_the_most_recent(clients, recommenders, scientific_mm):
+    max_len = recommenders["mp4sr"].max_len
+    long = [str(i) for i in scientific_mm.items.ids[: max_len + 30]]
+    full = post(clients["mp4sr"], history=long, k=10, exclude_seen=False)
+    recent = post(clients["mp4sr"], history=long[-max_len:], k=10, exclude_seen=False)
+    assert full["items"] == recent["items"]
+    shorter = post(clients["mp4sr"], history=long[-max_len + 1 :], k=10, exclude_seen=False)
+    assert shorter["items"] != full["items"]  # the oldest item kept does count
+
+
+def test_candidates_restrict_the_ranking(clients, scientific_mm, split):
+    history = history_of(scientific_mm, split.test, 5)
+    candidates = [str(i) for i in scientific_mm.items.ids[100:110]]
+    got = post(clients["sasrec"], history=history, k=20, candidates=candidates, exclude_seen=False)
+    assert sorted(r["item_id"] for r in got["items"]) == sorted(candidates)
+    assert [r["score"] for r in got["items"]] == sorted((r["score"] for r in got["items"]), reverse=True)
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"history": ["x"], "k": 0}, 422, "body.k"),
+    ({"history": ["x"], "k": 5000}, 422, "less than or equal to 1000"),
+    ({"history": ["B00004Z6I8"] * 2001}, 422, "at most 2000"),
+    ({"histories": [["B00004Z6I8"]] * 1025}, 413, "at most 1024"),
+    ({"history": ["x"], "histories": [["x"]]}, 422, "exactly one of"),
+    ({}, 422, "exactly one of"),
+    ({"history": ["x"], "kk": 3}, 422, "body.kk"),
+    ({"history": [""]}, 422, "at least 1 character"),
+])
+def test_request_bounds(clients, body, status, words):
+    response = clients["sasrec"].post("/recommend", json=body)
+    assert response.status_code == status
+    assert words in response.json()["detail"]
+
+
+def test_health_and_docs(clients):
+    health = clients["mp4sr"].get("/health").json()
+    assert health["status"] == "ok" and health["model"] == "mp4sr" and health["n_items"] >= 1585
+    assert clients["sasrec"].get("/docs").status_code == 200
+    schema = clients["sasrec"].get("/openapi.json").json()
+    assert {"/recommend", "/items", "/health"} <= set(schema["paths"])
+
+
+# ---------------------------------------------------------------------------- new items
+
+
+def test_added_item_ranks_next_to_its_twin(checkpoints, scientific_mm, split):
+    """An item added with the content vectors of an existing item scores like it (inductive model)."""
+    from fastapi.testclient import TestClient
+
+    from mp4sr.serve import Recommender
+    from mp4sr.serve.app import create_app
+
+    rec = Recommender.load(checkpoints["mp4sr"], dataset=scientific_mm)
+    with TestClient(create_app(rec)) as client:
+        history = history_of(scientific_mm, split.test, 11)
+        twin = post(client, history=history, k=1)["items"][0]["item_id"]
+        row = rec.index[twin]
+        item = {"id": "NEW-TWIN", **{f"{m}_vector": rec.model.tables[m].vectors[row, 0].tolist() for m in ("text", "image")}}
+        response = client.post("/items", json={"items": [item]})
+        assert response.status_code == 201, response.text
+        assert response.json() == {"added": ["NEW-TWIN"], "n_items": 1586}
+        top = post(client, history=history, k=5)["items"]
+        assert {r["item_id"] for r in top[:2]} == {twin, "NEW-TWIN"}
+        assert top[0]["score"] == pytest.approx(top[1]["score"], abs=1e-5)
+        assert client.post("/items", json={"items": [item]}).status_code == 409
+
+
+def test_add_items_needs_vectors_for_imported_features(clients):
+    response = clients["mp4sr"].post("/items", json={"items": [{"id": "NEW-TEXT", "text": "A digital caliper."}]})
+    assert response.status_code == 422
+    assert "text_vector" in response.json()["detail"] and "imported" in response.json()["detail"]
+    wrong = clients["mp4sr"].post("/items", json={"items": [{"id": "NEW-V", "text_vector": [0.1, 0.2]}]})
+    assert wrong.status_code == 422 and "512" in wrong.json()["detail"]
+
+
+def test_add_items_refused_for_sasrec(clients):
+    response = clients["sasrec"].post("/items", json={"items": [{"id": "NEW", "text_vector": [0.0] * 512}]})
+    assert response.status_code == 400
+    assert "sasrec" in response.json()["detail"] and "content model" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------------------- a real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(recommenders):
+    """Real uvicorn on 127.0.0.1 and a free port, serving the SASRec checkpoint."""
+    import uvicorn
+
+    from mp4sr.serve.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(recommenders["sasrec"]), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_real_server_answers_concurrent_requests_like_the_test_client(live_server, clients, scientific_mm, split):
+    requests = [{"history": history_of(scientific_mm, split.test, u), "k": 3 + u % 5, "exclude_seen": u % 2 == 0}
+                for u in range(40)] + [{"history": [], "k": 4}]
+    expected = [post(clients["sasrec"], **body) for body in requests]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=live_server, timeout=30) as client:
+            responses = await asyncio.gather(*(client.post("/recommend", json=body) for body in requests))
+        return [r.json() for r in responses]
+
+    for got, want in zip(asyncio.run(send_all()), expected, strict=True):
+        assert_same_ranking(got, want)
+    assert httpx.get(f"{live_server}/health").json()["model"] == "sasrec"
