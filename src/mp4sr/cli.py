@@ -158,12 +158,17 @@ def features(
     max_vectors: int = typer.Option(10, "--max-vectors", help="vectors kept per item."),
     no_text: bool = typer.Option(False, "--no-text"),
     no_image: bool = typer.Option(False, "--no-image"),
+    text_pooling: str = typer.Option("auto", "--text-pooling", help="auto | cls | mean (plain HF encoder folders)"),
+    keywords: int = typer.Option(15, "--keywords", help="words kept per image in keywords mode"),
+    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", help="word list for CLIP keywords (default: ImageNet classes)"),
+    dtype: str = typer.Option("float16", "--dtype", help="float16 | float32"),
 ) -> None:
     """Compute (or import) item text and image vectors into the feature cache."""
     from mp4sr.features import run_features
 
     run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors,
-                 no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from)
+                 no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from,
+                 text_pooling=text_pooling, n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
 
 
 @app.command("features-merge")
@@ -173,13 +178,18 @@ def features_merge(
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder"),
     image_encoder: Optional[str] = typer.Option(None, "--image-encoder"),
     image_mode: str = typer.Option("embed", "--image-mode"),
+    image_from: Optional[str] = typer.Option("auto", "--image-from"),
     max_vectors: int = typer.Option(10, "--max-vectors"),
+    text_pooling: str = typer.Option("auto", "--text-pooling"),
+    no_text: bool = typer.Option(False, "--no-text"),
+    no_image: bool = typer.Option(False, "--no-image"),
 ) -> None:
-    """Merge the shards of `mp4sr features --shard I/N` into one store."""
+    """Merge the shards of `mp4sr features --shard I/N` into one store (use the shards' options)."""
     from mp4sr.features import run_features_merge
 
     run_features_merge(dataset, parts or (), text_encoder=text_encoder, image_encoder=image_encoder,
-                       image_mode=image_mode, max_vectors=max_vectors, echo=typer.echo)
+                       image_mode=image_mode, max_vectors=max_vectors, echo=typer.echo, image_from=image_from,
+                       text_pooling=text_pooling, no_text=no_text, no_image=no_image)
 
 
 @app.command()

@@ -82,13 +82,13 @@ def test_resume_after_an_interruption(make_fake_encoder):
 
 def test_shards_then_merge_equal_one_pass(minilm, hm):
     """With the real model: chunks are the same computations whatever the sharding, so bit-identical."""
-    cat = ItemCatalogue(hm.catalogue.ids[:16], fields={"name": hm.catalogue.fields["prod_name"][:16],
-                                                       "categories": hm.catalogue.fields["categories"][:16]})
-    one_pass = extract_text(cat, "one-pass", minilm, options=RunOptions(chunk_size=5, progress=False))
+    cat = ItemCatalogue(hm.catalogue.ids[:10], fields={"name": hm.catalogue.fields["prod_name"][:10],
+                                                       "categories": hm.catalogue.fields["categories"][:10]})
+    one_pass = extract_text(cat, "one-pass", minilm, options=RunOptions(chunk_size=4, progress=False))
     for i in (0, 1, 2):
-        done = extract_text(cat, "sharded", minilm, options=RunOptions(chunk_size=5, shard=Shard(i, 3), progress=False))
+        done = extract_text(cat, "sharded", minilm, options=RunOptions(chunk_size=4, shard=Shard(i, 3), progress=False))
         assert (done is None) == (i < 2)  # the last shard to finish also writes the store
-    merged = merge_shards(cat, "sharded", "text", encoder=minilm, options=RunOptions(chunk_size=5, progress=False))
+    merged = merge_shards(cat, "sharded", "text", encoder=minilm, options=RunOptions(chunk_size=4, progress=False))
     np.testing.assert_array_equal(np.asarray(merged.vectors), np.asarray(one_pass.vectors))
     np.testing.assert_array_equal(merged.mask, one_pass.mask)
     assert merged.manifest["input_hash"] == one_pass.manifest["input_hash"]

@@ -115,19 +115,23 @@ class EfficientNetLite0(ImageEncoder):
         # The weights were trained on (uint8 - 127) / 128 inputs, not on ImageNet mean/std normalisation.
         return ((x - 127.0) / 128.0).to(next(self.model.parameters()).device)
 
-    def embed(self, images: list) -> np.ndarray:
+    def forward(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled features [m, 1280] and ImageNet logits [m, 1000] of one pass (the classifier head is
+        average pooling, dropout - a no-op in eval mode - and a linear layer on those features)."""
         import torch
 
         with torch.inference_mode():
-            return self.model.extract_features(self._batch(images)).mean((2, 3)).float().cpu().numpy()
+            pooled = self.model.extract_features(self._batch(images)).mean((2, 3))
+            logits = self.model._fc(pooled)
+        return pooled.float().cpu().numpy(), logits.float().cpu().numpy()
+
+    def embed(self, images: list) -> np.ndarray:
+        return self.forward(images)[0]
 
     def keywords(self, images: list, n: int) -> list[list[str]]:
-        import torch
-
-        with torch.inference_mode():
-            ranked = self.model(self._batch(images)).argsort(dim=1, descending=True).cpu().numpy()
+        ranked = np.argsort(-self.forward(images)[1], axis=1, kind="stable")[:, : 3 * n]
         # Some ImageNet classes share a clean name (two 'sunglasses'): keep the top n distinct words.
-        return [list(dict.fromkeys(self.vocabulary[i] for i in row))[:n] for row in ranked[:, : 3 * n]]
+        return [list(dict.fromkeys(self.vocabulary[i] for i in row))[:n] for row in ranked]
 
 
 class CLIPImageEncoder(ImageEncoder):
