@@ -74,15 +74,18 @@ def train(
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<...>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last.pt."),
 ) -> None:
-    """Train and evaluate one model; writes metrics.json, best.pt, epochs.jsonl and config.yaml."""
+    """Train and evaluate one model; writes metrics.json, best.pt, last.pt, epochs.jsonl and config.yaml."""
     from mp4sr.config import RunConfig, build_config
     from mp4sr.train import train_run
 
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
+    if resume and out is None:
+        raise MP4SRError("--resume needs --out: the folder of the run to continue")
     out = out or default_out_dir("train", cfg.dataset, cfg.model)
-    console.print(f"training [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
-    output = train_run(cfg, out)
+    console.print(f"{'resuming' if resume else 'training'} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
+    output = train_run(cfg, out, resume=resume)
     _out_console().print(
         metrics_table(output.metrics(), f"{cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})")
     )
@@ -90,7 +93,7 @@ def train(
 
 
 def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[str]], out: Optional[Path],
-           init_from: Optional[str] = None):
+           init_from: Optional[str] = None, resume: bool = False):
     """Build the config of an MP4SR stage, train it, print its table; returns (config, output, out)."""
     from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
     from mp4sr.train import train_run
@@ -99,7 +102,7 @@ def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[
     cfg: RunConfig = build_config(RunConfig, config, set_, base=base, dataset=dataset, init_from=init_from)
     out = out or default_out_dir(kind, cfg.dataset, cfg.model)
     console.print(f"{kind} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
-    output = train_run(cfg, out)
+    output = train_run(cfg, out, resume=resume and (out / "last.pt").is_file())
     _out_console().print(metrics_table(output.metrics(), f"{kind}: {cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})"))
     return cfg, output, out
 
@@ -110,9 +113,9 @@ OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default runs/<..
 
 @app.command()
 def pretrain(dataset: str = DatasetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
-             out: Optional[Path] = OutOpt) -> None:
+             out: Optional[Path] = OutOpt, resume: bool = typer.Option(False, "--resume", help="Continue the run in --out.")) -> None:
     """Pre-train the MP4SR encoder (next-item prediction + cross-modality contrast)."""
-    _stage("pretrain", dataset, config, set_, out)
+    _stage("pretrain", dataset, config, set_, out, resume=resume)
 
 
 @app.command()
@@ -120,9 +123,10 @@ def finetune(
     dataset: str = DatasetOpt,
     from_: Optional[str] = typer.Option(None, "--from", help="Pre-trained checkpoint (file or run folder); none = from scratch."),
     config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[Path] = OutOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
     """Fine-tune MP4SR for next-item prediction (from a pre-trained checkpoint)."""
-    _stage("finetune", dataset, config, set_, out, init_from=from_)
+    _stage("finetune", dataset, config, set_, out, init_from=from_, resume=resume)
 
 
 @app.command()
@@ -132,6 +136,7 @@ def run(
     pretrain_set: Optional[list[str]] = typer.Option(None, "--pretrain-set", help="key=value for pre-training only."),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="key=value for fine-tuning (and both stages' shared keys)."),
     out: Optional[Path] = OutOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """End to end: features -> pre-train -> fine-tune -> test -> report."""
     import json as _json
@@ -140,8 +145,9 @@ def run(
 
     out = out or default_out_dir("run", dataset, "mp4sr")
     shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
-    pre_cfg, pre, _ = _stage("pretrain", dataset, config, shared + (pretrain_set or []), out / "pretrain")
-    fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune", init_from=str(out / "pretrain" / "best.pt"))
+    pre_cfg, pre, _ = _stage("pretrain", dataset, config, shared + (pretrain_set or []), out / "pretrain", resume=resume)
+    fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune",
+                             init_from=str(out / "pretrain" / "best.pt"), resume=resume)
     (out / "metrics.json").write_text(_json.dumps(fin.metrics(), indent=2))
     report = write_run_report(out, pre.metrics(), fin.metrics(), pre_cfg, fin_cfg)
     console.print(f"report: {report}")
@@ -273,8 +279,9 @@ def main() -> None:
     try:
         app()
     except MP4SRError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        sys.exit(2)
+        code = getattr(e, "exit_code", 2)  # TrainingInterrupted: 128 + signal (130 SIGINT, 143 SIGTERM)
+        console.print(f"[bold red]{'error' if code == 2 else 'interrupted'}:[/] {e}")
+        sys.exit(code)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

@@ -50,9 +50,15 @@ def check_store(store, n_targets: int) -> None:
     assert vectors.shape[:2] == (n_targets, 1) and np.isfinite(vectors).all()
 
 
-def report(what: str) -> None:
-    tried = {k: v for k, v in sorted(COUNTS.items()) if k.startswith(what)}
-    print(f"\n{what}: {sum(tried.values())} inputs tried: {tried}")
+def report(prefix: str) -> None:
+    """Print how many inputs each reader was given and what came of them (see them with pytest -s)."""
+    groups: dict[str, dict[str, int]] = {}
+    for key, n in sorted(COUNTS.items()):
+        group, _, result = key.rpartition(":")
+        if group.startswith(prefix):
+            groups.setdefault(group, {})[result] = n
+    for group, results in groups.items():
+        print(f"\n{group}: {sum(results.values())} inputs tried; {results}")
 
 
 @FUZZ

@@ -31,12 +31,13 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, line without newline); clear errors for missing or non-UTF-8 files."""
     if not path.is_file():
         raise DataError("file not found", path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not valid UTF-8 text ({e.reason} at byte {e.start})", path) from None
+    with open(path, "rb") as f:  # decoded line by line, so that a bad byte is reported at its line
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not valid UTF-8 text ({e.reason} at byte {e.start + 1} of the line)", path, number) from None
+            yield number, line.rstrip("\r\n")
 
 
 def _int(token: str, path: Path, line: int, what: str) -> int:
@@ -302,8 +303,10 @@ def _atomic_table(path: Path, sep: str) -> pd.DataFrame:
         name, colon, kind = field.partition(":")
         if not colon or kind not in {"token", "token_seq", "float", "float_seq"}:
             raise DataError(f"header field {field!r} is not 'name:type' with type token, token_seq, float or float_seq", path, 1)
+        if name in names:
+            raise DataError(f"header field {name!r} appears twice", path, 1)
         names.append(name)
-    rows = []
+    rows, numbers = [], []
     for number, line in lines:
         if not line.strip():
             continue
@@ -311,14 +314,15 @@ def _atomic_table(path: Path, sep: str) -> pd.DataFrame:
         if len(parts) != len(names):
             raise DataError(f"expected {len(names)} fields ({', '.join(names)}), found {len(parts)}", path, number)
         rows.append(parts)
+        numbers.append(number)
     df = pd.DataFrame(rows, columns=names, dtype=object)
     for name, field in zip(names, header):
         if field.endswith(":float"):
             converted = pd.to_numeric(df[name], errors="coerce")
             bad = converted.isna() & df[name].astype(str).str.strip().ne("")
             if bad.any():
-                line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-                raise DataError(f"field {name!r} value {df[name].iloc[line - 2]!r} is not a number", path, line)
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise DataError(f"field {name!r} value {df[name].iloc[row]!r} is not a number", path, numbers[row])
             df[name] = converted
     return df
 

@@ -14,7 +14,8 @@ from mp4sr.config import RunConfig
 from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
-from mp4sr.train.trainer import Trainer, TrainResult
+from mp4sr.train.checkpoint import feature_manifest
+from mp4sr.train.trainer import Trainer, TrainResult, seed_everything
 
 
 @dataclass
@@ -68,26 +69,32 @@ def load_encoder(model, checkpoint: str | Path) -> None:
 
 
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
-              context_extras: dict[str, Any] | None = None) -> RunOutput:
-    """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``."""
+              context_extras: dict[str, Any] | None = None, resume: bool = False) -> RunOutput:
+    """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``.
+    ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings)."""
     dataset = dataset or load_dataset(config.dataset, config.data.user_core, config.data.item_core)
     split = leave_one_out(dataset)
+    features = dataset_features(config, dataset) if getattr(model_class(config.model), "needs_features", False) else None
     context = ModelContext(
-        n_items=dataset.n_items, max_len=config.data.max_len, item_counts=split.train_counts(),
-        features=dataset_features(config, dataset) if getattr(model_class(config.model), "needs_features", False) else None,
+        n_items=dataset.n_items, max_len=config.data.max_len, item_counts=split.train_counts(), features=features,
         extras={"dataset": dataset, **(context_extras or {})},
     )
+    seed_everything(config.train.seed)  # the initial weights depend on the seed alone (torch's default seed varies)
     model = build_model(config.model, config.params, context)
     if config.init_from:
         load_encoder(model, config.init_from)
     examples = split.train_examples(config.data.training_mode, config.data.max_len)
     out = Path(out_dir) if out_dir else None
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            if not (resume and (out / "config.yaml").is_file()):  # a resumed run keeps the config it started with
+                (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        except OSError as e:
+            raise ConfigError(f"cannot write in the output folder {out}: {e.strerror or e}") from None
     trainer = Trainer(
         model, split, examples, config.train, config.eval, config.data.max_len, out,
-        checkpoint_extra=checkpoint_payload(config, dataset),
+        checkpoint_extra=checkpoint_payload(config, dataset), feature_manifest=feature_manifest(features), resume=resume,
     )
     result = trainer.fit()
     output = RunOutput(config, dataset, split, model, result)
