@@ -129,7 +129,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 PRETRAIN_DEFAULTS: dict[str, Any] = {
     "model": "mp4sr",
     "params": {"stage": "pretrain"},
-    "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 0.0, "epochs": 30, "patience": 10},
+    "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 0.0, "epochs": 10, "patience": 10},
 }
 FINETUNE_DEFAULTS: dict[str, Any] = {
     "model": "mp4sr",
