@@ -243,6 +243,22 @@ def serve(
 
 
 @app.command()
+def experiment(
+    file: Path = typer.Argument(..., help="Experiment file (YAML, see configs/experiments/)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: the file's 'output', else runs/experiments/<name>)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Train and report only this entry (repeatable)."),
+    set_: Optional[list[str]] = SetOpt,
+    report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the tables and plots from the finished runs."),
+) -> None:
+    """Run or resume a grid of models x datasets x seeds; write tables, significance tests and plots."""
+    from mp4sr.experiment import run_experiment
+
+    outcome = run_experiment(file, out, only, set_, train=not report_only)
+    console.print(f"{outcome.trained} runs trained, {outcome.missing} not finished; "
+                  f"report: {outcome.files['results_md']}")
+
+
+@app.command()
 def datasets() -> None:
     """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes."""
     from mp4sr.data import list_datasets, load_dataset

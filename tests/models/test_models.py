@@ -34,7 +34,7 @@ def _context(split, features=None):
 def test_one_epoch_smoke(name, split, stores):
     features = stores if getattr(REGISTRY[name], "needs_features", False) else None
     model = build_model(name, {}, _context(split, features))
-    settings = TrainSettings(epochs=1, batch_size=512, progress=False)
+    settings = TrainSettings(epochs=1, batch_size=512, progress=False, threads=1)
     trainer = Trainer(model, split, split.train_examples("sequence"), settings, EvalSettings(), 50)
     result = trainer.fit()
     assert 0.0 <= result.test["ndcg@10"] <= 1.0

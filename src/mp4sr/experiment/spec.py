@@ -1,0 +1,287 @@
+"""The experiment file: models x datasets x seeds (x a small hyper-parameter grid), and its plan.
+
+An experiment file (YAML) looks like::
+
+    name: paper
+    base: other.yaml              # optional: start from another experiment file (this one wins)
+    datasets: [amazon-scientific-mm, {name: amazon-scientific-mm, cold_items: 0.2}]
+    seeds: [2024, 2025, 2026]
+    defaults: {train: {progress: false}}      # every stage of every run
+    pretrain_defaults: {}                     # pre-training stages only, over `defaults`
+    reference: mp4sr                          # tested against the best baseline
+    search: true                              # false: ignore the grids below
+    models:
+      - name: sasrec                          # model = name unless given
+        grid: {train.lr: [1e-3, 1e-4]}        # chosen on validation (mean over seeds)
+      - name: mp4sr
+        pretrain: {}                          # a pre-training stage first (its settings here)
+      - name: mp4sr-no-cmcl
+        extends: mp4sr                        # the settings of another entry, then these
+        pretrain: {params: {cmcl: false}}
+      - name: mp4sr-text
+        extends: mp4sr
+        shared: {params: {modalities: [text]}}   # both stages
+
+An entry's own RunConfig sections (``params``, ``train``, ``data``, ``features``, ``eval``) configure
+its final (fine-tuning) stage. Layers, later wins: the model's stage defaults (MP4SR's
+PRETRAIN_DEFAULTS / FINETUNE_DEFAULTS, a model class's ``stage_defaults``) < ``defaults`` (<
+``pretrain_defaults``) < ``shared`` < the stage's own settings < the grid point < command-line
+overrides. ``pretrain: null`` in an entry that extends another removes the pre-training stage.
+
+Every run is keyed by a hash of its full configuration (and of its pre-training run's key): runs that
+two entries share (one pre-training for several fine-tunings) are trained once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mp4sr.config import (
+    FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config, deep_merge, parse_overrides, read_yaml,
+)
+from mp4sr.errors import ConfigError
+from mp4sr.models.base import model_class, parse_model_config
+
+STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
+# Settings that change how a run is shown or how fast it goes, never its results: not in the key.
+VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
+Role = Literal["baseline", "reference", "ablation"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    """A dataset, optionally with a cold-item split (``cold_items``: fraction of items held out)."""
+
+    name: str
+    cold_items: float | None = Field(None, gt=0, lt=1)
+    cold_seed: int = 0
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.label:
+            return self.label
+        return self.name if self.cold_items is None else f"{self.name}-cold{round(self.cold_items * 100)}"
+
+
+class EntrySpec(_Strict):
+    """One row of the result tables: a model and its settings (after ``extends`` is resolved)."""
+
+    name: str
+    model: str
+    role: Role = "baseline"
+    pretrain: dict[str, Any] | None = None
+    shared: dict[str, Any] = Field(default_factory=dict)
+    stage: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid's values ({dotted key: value}); [{}] without a grid."""
+        keys = list(self.grid)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.grid[k] for k in keys))]
+
+
+class ExperimentSpec(_Strict):
+    name: str
+    output: str | None = Field(None, description="output folder (default runs/experiments/<name>)")
+    datasets: list[DatasetSpec]
+    seeds: list[int] = Field(default_factory=lambda: [2024])
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    pretrain_defaults: dict[str, Any] = Field(default_factory=dict)
+    reference: str | None = "mp4sr"
+    select_metric: str = "ndcg@10"
+    metrics: list[str] = Field(default_factory=lambda: ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@20"])
+    test: Literal["ttest", "wilcoxon"] = Field("ttest", description="paired test of the reference vs the best baseline")
+    alpha: float = 0.05
+    coldstart: bool = True
+    search: bool = Field(True, description="false: ignore the entries' grids (each entry's own settings only)")
+    models: list[EntrySpec]
+
+
+# ---------------------------------------------------------------------------------------------- file
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read an experiment file (following ``base:``), resolve ``extends`` and validate it."""
+    tree = _read_with_base(Path(path), seen=())
+    raw_models = tree.get("models")
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ConfigError(f"{path}: 'models' must be a non-empty list of entries")
+    tree["datasets"] = [{"name": d} if isinstance(d, str) else d for d in tree.get("datasets") or []]
+    tree["models"] = _resolve_entries(raw_models, tree.get("reference", "mp4sr"), path)
+    try:
+        spec = ExperimentSpec(**tree)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: invalid experiment file:\n{e}") from None
+    _check_unique([d.key for d in spec.datasets], "dataset", path)
+    return spec
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files include each other")
+    tree = read_yaml(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    parent = _read_with_base((path.parent / base), (*seen, path.resolve()))
+    return deep_merge(parent, tree)
+
+
+def _resolve_entries(raw: list[Any], reference: str | None, path) -> list[dict[str, Any]]:
+    by_name: dict[str, dict[str, Any]] = {}
+    for item in raw:
+        item = {"name": item} if isinstance(item, str) else dict(item)
+        if "name" not in item:
+            raise ConfigError(f"{path}: every entry of 'models' needs a name")
+        _check_unique([*by_name, item["name"]], "model entry", path)
+        parent = item.pop("extends", None)
+        if parent is not None:
+            if parent not in by_name:
+                raise ConfigError(f"{path}: entry {item['name']!r} extends {parent!r}, which is not defined above it")
+            base = {k: v for k, v in by_name[parent].items() if k not in ("name", "role")}
+            base.setdefault("model", parent)
+            # A variant of the reference (or of one of its variants) is an ablation unless it says otherwise.
+            if parent == reference or by_name[parent].get("role") == "ablation":
+                base["role"] = "ablation"
+            item = deep_merge(base, item)
+        by_name[item["name"]] = item
+    return [_entry_fields(item, reference) for item in by_name.values()]
+
+
+def _entry_fields(item: dict[str, Any], reference: str | None) -> dict[str, Any]:
+    stage = {k: item.pop(k) for k in STAGE_SECTIONS if k in item}
+    item.setdefault("model", item["name"])
+    item.setdefault("role", "reference" if item["name"] == reference else "baseline")
+    return {**item, "stage": stage}
+
+
+def _check_unique(names: list[str], what: str, path) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{path}: {what} names must be unique; repeated: {', '.join(dup)}")
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+@dataclass
+class PlannedRun:
+    """One training: a stage of one (entry, dataset, seed, grid point), keyed by its configuration."""
+
+    key: str
+    stage: Literal["pretrain", "final"]
+    config: RunConfig
+    dataset: DatasetSpec
+    seed: int
+    entry: str
+    point: str
+    pretrain_key: str | None = None
+
+
+@dataclass
+class Cell:
+    """A final run as the tables see it."""
+
+    entry: str
+    role: str
+    dataset: str
+    seed: int
+    point: str
+    key: str
+
+
+@dataclass
+class Plan:
+    runs: list[PlannedRun] = field(default_factory=list)  # unique, every pre-training before its users
+    cells: list[Cell] = field(default_factory=list)
+
+
+def stage_defaults(model: str, stage: str) -> dict[str, Any]:
+    """A model's settings for a stage ('pretrain' | 'finetune'); {} for single-stage models."""
+    defaults = getattr(model_class(model), "stage_defaults", None)
+    if defaults is None and model == "mp4sr":
+        defaults = {"pretrain": PRETRAIN_DEFAULTS, "finetune": FINETUNE_DEFAULTS}
+    return dict((defaults or {}).get(stage, {}))
+
+
+def make_plan(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = None,
+              overrides: list[str] | None = None) -> Plan:
+    """Every run of the experiment (of the entries in ``only``), validated before anything trains."""
+    unknown = sorted(set(only or []) - {e.name for e in spec.models})
+    if unknown:
+        names = ", ".join(e.name for e in spec.models)
+        raise ConfigError(f"--only: no entries named {', '.join(unknown)}; entries: {names}")
+    override_tree = parse_overrides(overrides)
+    plan, seen = Plan(), set()
+    for dataset, seed, entry in itertools.product(spec.datasets, spec.seeds, spec.models):
+        if only and entry.name not in only:
+            continue
+        pre = None
+        if entry.pretrain is not None:
+            layers = [spec.defaults, spec.pretrain_defaults, entry.shared, entry.pretrain, override_tree]
+            pre = _planned(entry, "pretrain", layers, dataset, seed, "", None, runs_dir)
+            _add(plan, seen, pre)
+        for point in entry.grid_points() if spec.search else [{}]:
+            layers = [spec.defaults, entry.shared, entry.stage, _dotted(point), override_tree]
+            run = _planned(entry, "final", layers, dataset, seed, _point_label(point), pre, runs_dir)
+            _add(plan, seen, run)
+            plan.cells.append(Cell(entry.name, entry.role, dataset.key, seed, run.point, run.key))
+    return plan
+
+
+def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetSpec, seed: int, point: str,
+             pre: PlannedRun | None, runs_dir: Path) -> PlannedRun:
+    tree = stage_defaults(entry.model, "pretrain" if stage == "pretrain" else "finetune")
+    for layer in layers:
+        tree = deep_merge(tree, layer)
+    fixed: dict[str, Any] = {"model": entry.model, "dataset": dataset.name, "train": {"seed": seed}}
+    if pre is not None:
+        fixed["init_from"] = str(runs_dir / pre.key / "best.pt")
+    config: RunConfig = build_config(RunConfig, base=deep_merge(tree, fixed))
+    parse_model_config(config.model, config.params)  # a typo in params fails now, not hours later
+    key = run_key(config, dataset, pre.key if pre else None)
+    return PlannedRun(key, stage, config, dataset, seed, entry.name, point, pre.key if pre else None)
+
+
+def run_key(config: RunConfig, dataset: DatasetSpec, pretrain_key: str | None) -> str:
+    """12 hex digits of a hash of everything that determines the run's results."""
+    tree = config.model_dump(mode="json")
+    tree["init_from"] = pretrain_key  # the pre-training run, not where its folder happens to be
+    for section, names in VOLATILE.items():
+        for name in names:
+            tree[section].pop(name, None)
+    tree["dataset_spec"] = dataset.model_dump(mode="json", exclude={"label"})
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _add(plan: Plan, seen: set[str], run: PlannedRun) -> None:
+    if run.key not in seen:
+        seen.add(run.key)
+        plan.runs.append(run)
+
+
+def _dotted(point: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in point.items():
+        tree = deep_merge(tree, _nest(key.split("."), value))
+    return tree
+
+
+def _nest(parts: list[str], value: Any) -> dict[str, Any]:
+    return {parts[0]: value} if len(parts) == 1 else {parts[0]: _nest(parts[1:], value)}
+
+
+def _point_label(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items())

@@ -1,0 +1,180 @@
+"""`mp4sr experiment`: the file, the plan, resumption that redoes nothing finished, tables and plots."""
+
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+# Registration (until mp4sr.models imports these modules itself).
+from mp4sr.models import gru4rec  # noqa: F401
+from mp4sr.errors import ConfigError
+from mp4sr.experiment import load_spec, make_plan, run_experiment
+from mp4sr.experiment import runner
+
+TINY = {
+    "name": "tiny",
+    "datasets": ["amazon-scientific-mm"],
+    "seeds": [1, 2],
+    "defaults": {"train": {"epochs": 1, "batch_size": 1024, "progress": False, "threads": 1}},
+    "reference": "mp4sr",
+    "metrics": ["recall@10", "ndcg@10"],
+    "models": [
+        "pop",
+        {"name": "sasrec", "params": {"hidden": 16, "ffn": 32}, "grid": {"train.lr": [1e-3, 1e-2]}},
+        {"name": "gru4rec", "params": {"embedding": 16, "hidden": 16}},
+        {"name": "mp4sr", "params": {"hidden": 16, "ffn": 32}, "shared": {"params": {"hidden": 16, "ffn": 32}},
+         "pretrain": {}},
+        {"name": "mp4sr-frozen", "extends": "mp4sr", "params": {"freeze_encoder": True}},
+        {"name": "mp4sr-no-pt", "extends": "mp4sr", "pretrain": None},
+    ],
+}
+# per seed: pop, sasrec x 2 lr, gru4rec, one shared pre-training, 3 MP4SR fine-tunings
+RUNS_PER_SEED = 8
+
+
+def _write(path, tree):
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ file and plan
+
+
+def test_spec_resolves_extends_roles_and_base(tmp_path):
+    _write(tmp_path / "tiny.yaml", TINY)
+    (tmp_path / "reduced.yaml").write_text(textwrap.dedent("""
+        base: tiny.yaml
+        seeds: [7]
+        datasets: [{name: amazon-scientific-mm, cold_items: 0.2}]
+    """))
+    spec = load_spec(tmp_path / "reduced.yaml")
+    entries = {e.name: e for e in spec.models}
+    assert spec.seeds == [7] and spec.datasets[0].key == "amazon-scientific-mm-cold20"
+    assert entries["mp4sr"].role == "reference" and entries["sasrec"].role == "baseline"
+    assert entries["mp4sr-frozen"].role == "ablation" and entries["mp4sr-frozen"].model == "mp4sr"
+    assert entries["mp4sr-frozen"].stage["params"] == {"hidden": 16, "ffn": 32, "freeze_encoder": True}
+    assert entries["mp4sr-no-pt"].pretrain is None and entries["mp4sr"].pretrain == {}
+    assert len(entries["sasrec"].grid_points()) == 2
+
+
+def test_plan_shares_pretraining_and_keys_do_not_depend_on_the_folder(tmp_path):
+    spec = load_spec(_write(tmp_path / "tiny.yaml", TINY))
+    plan = make_plan(spec, tmp_path / "a")
+    assert len(plan.runs) == 2 * RUNS_PER_SEED
+    assert len(plan.cells) == 2 * (RUNS_PER_SEED - 1)
+    pre = [r for r in plan.runs if r.stage == "pretrain"]
+    assert len(pre) == 2 and pre[0].config.params["stage"] == "pretrain" and pre[0].config.train.epochs == 1
+    users = [r for r in plan.runs if r.pretrain_key == pre[0].key]
+    assert {r.entry for r in users} == {"mp4sr", "mp4sr-frozen"}
+    assert users[0].config.init_from == str(tmp_path / "a" / pre[0].key / "best.pt")
+    assert users[0].config.train.weight_decay == 1e-3  # MP4SR's fine-tuning defaults apply under the file
+    other = make_plan(spec, tmp_path / "b", overrides=["train.progress=true"])
+    assert [r.key for r in other.runs] == [r.key for r in plan.runs]
+    changed = make_plan(spec, tmp_path / "a", overrides=["train.epochs=2"])
+    assert not {r.key for r in changed.runs} & {r.key for r in plan.runs}
+
+
+def test_mistakes_fail_before_anything_trains(tmp_path):
+    bad = {**TINY, "models": [{"name": "sasrec", "params": {"hiden": 3}}]}
+    with pytest.raises(ConfigError, match="hiden"):
+        make_plan(load_spec(_write(tmp_path / "bad.yaml", bad)), tmp_path)
+    with pytest.raises(ConfigError, match="not defined above"):
+        load_spec(_write(tmp_path / "bad2.yaml", {**TINY, "models": [{"name": "x", "extends": "y"}]}))
+    with pytest.raises(ConfigError, match="--only"):
+        make_plan(load_spec(_write(tmp_path / "t.yaml", TINY)), tmp_path, only=["nope"])
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny experiment, interrupted after two trainings, then resumed to the end."""
+    folder = tmp_path_factory.mktemp("experiment")
+    path = _write(folder / "tiny.yaml", TINY)
+    out = folder / "out"
+    calls = []
+    real = runner.train_run
+
+    def counting(config, out_dir, **kw):
+        calls.append(out_dir.name)
+        if len(calls) == 3 and not resumed:
+            raise KeyboardInterrupt  # a kill in the middle of the third training
+        return real(config, out_dir, **kw)
+
+    resumed = False
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "train_run", counting)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(path, out)
+        first = list(calls)
+        resumed = True
+        outcome = run_experiment(path, out)
+        second = calls[len(first):]
+        again = run_experiment(path, out)
+    return {"out": out, "first": first, "second": second, "outcome": outcome, "again": again, "calls": calls}
+
+
+def test_resuming_redoes_nothing_that_finished(finished):
+    first, second = finished["first"], finished["second"]
+    assert len(first) == 3
+    assert first[:2] == [k for k in first[:2] if k not in second]  # the two finished runs were not redone
+    assert second[0] == first[2]  # the interrupted one was
+    assert len(second) == 2 * RUNS_PER_SEED - 2
+    assert finished["outcome"].trained == len(second) and finished["outcome"].missing == 0
+    assert finished["again"].trained == 0 and len(finished["calls"]) == len(first) + len(second)
+    for key in first[:2] + second:
+        folder = finished["out"] / "runs" / key
+        written = {p.name for p in folder.iterdir()}
+        assert {"run.json", "metrics.json", "epochs.jsonl", "test_ranks.npy", "config.yaml"} <= written
+        assert not (folder / "last.pt").exists()
+
+
+def test_tables_and_plots(finished):
+    out, files = finished["out"], finished["outcome"].files
+    summary = pd.read_csv(out / "results.csv")
+    assert list(summary["entry"]) == ["pop", "sasrec", "gru4rec", "mp4sr", "mp4sr-frozen", "mp4sr-no-pt"]
+    assert (summary["n_seeds"] == 2).all()
+    assert summary.loc[summary["entry"] == "sasrec", "point"].iloc[0] in ("train.lr=0.001", "train.lr=0.01")
+    assert {"recall@10_mean", "recall@10_std", "ndcg@10_mean"} <= set(summary.columns)
+    sig = pd.read_csv(out / "significance.csv")
+    assert set(sig["metric"]) == {"recall@10", "ndcg@10"} and (sig["reference"] == "mp4sr").all()
+    assert set(sig["best_baseline"]) <= {"pop", "sasrec", "gru4rec"} and (sig["n_users"] == 2928).all()
+    cold = pd.read_csv(out / "coldstart.csv")
+    assert set(cold["by"]) == {"item_count", "history"} and len(set(cold["entry"])) == 6
+    text = (out / "results.md").read_text()
+    assert "| mp4sr | reference | 2 |" in text and "±" in text and "## Cold start" in text
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs == ["coldstart_amazon-scientific-mm.png", "curves_amazon-scientific-mm.png",
+                    "metrics_amazon-scientific-mm.png"]
+    assert all(files[k].stat().st_size > 1000 for k in files if k.startswith("plot_"))
+
+
+def test_report_only_and_only(finished, tmp_path):
+    path = _write(tmp_path / "tiny.yaml", TINY)
+    outcome = run_experiment(path, finished["out"], only=["pop", "sasrec"], train=False)
+    assert outcome.trained == 0 and outcome.missing == 0
+    assert list(pd.read_csv(finished["out"] / "results.csv")["entry"]) == ["pop", "sasrec"]
+    record = json.loads(next((finished["out"] / "runs").glob("*/run.json")).read_text())
+    assert {"key", "stage", "entry", "dataset", "seed", "seconds"} <= set(record)
+
+
+def test_cold_item_datasets_are_built_once(scientific_mm):
+    from mp4sr.experiment.spec import DatasetSpec
+
+    cache = runner.DatasetCache()
+    cold = DatasetSpec(name="amazon-scientific-mm", cold_items=0.2)
+    first = cache.get(cold)
+    assert cache.get(cold) is first and first.n_users < scientific_mm.n_users
+    assert first.n_items == scientific_mm.n_items
+    assert cache.get(DatasetSpec(name="amazon-scientific-mm")).n_users == scientific_mm.n_users
