@@ -249,11 +249,16 @@ def experiment(
     only: Optional[list[str]] = typer.Option(None, "--only", help="Train and report only this entry (repeatable)."),
     set_: Optional[list[str]] = SetOpt,
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the tables and plots from the finished runs."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Train in this many processes (each with cores/jobs threads)."),
+    train_only: bool = typer.Option(False, "--train-only", help="Train only; write no report (for extra processes or machines sharing --out)."),
 ) -> None:
     """Run or resume a grid of models x datasets x seeds; write tables, significance tests and plots."""
     from mp4sr.experiment import run_experiment
 
-    outcome = run_experiment(file, out, only, set_, train=not report_only)
+    outcome = run_experiment(file, out, only, set_, train=not report_only, jobs=jobs, report=not train_only)
+    if train_only:
+        console.print(f"{outcome.trained} runs trained by this process")
+        return
     console.print(f"{outcome.trained} runs trained, {outcome.missing} not finished; "
                   f"report: {outcome.files['results_md']}")
 

@@ -178,3 +178,31 @@ def test_cold_item_datasets_are_built_once(scientific_mm):
     assert cache.get(cold) is first and first.n_users < scientific_mm.n_users
     assert first.n_items == scientific_mm.n_items
     assert cache.get(DatasetSpec(name="amazon-scientific-mm")).n_users == scientific_mm.n_users
+
+
+def test_claims_keep_two_processes_off_the_same_run(tmp_path):
+    import socket
+    import subprocess as sp
+
+    assert runner.claim(tmp_path, "abc")
+    assert not runner.claim(tmp_path, "abc")  # held by a live process (this one)
+    runner.release(tmp_path, "abc")
+    assert runner.claim(tmp_path, "abc")
+    dead = sp.Popen(["true"])
+    dead.wait()
+    (tmp_path / "def.claim").write_text(f"{socket.gethostname()} {dead.pid}")
+    assert runner.claim(tmp_path, "def")  # its process is gone: taken over
+    (tmp_path / "ghi.claim").write_text("another-host 1")
+    assert not runner.claim(tmp_path, "ghi")  # cannot tell whether a process elsewhere lives
+
+
+def test_parallel_jobs_train_every_run_once(tmp_path):
+    tree = {**TINY, "seeds": [1], "models": [TINY["models"][0], {**TINY["models"][1], "grid": {}},
+                                             TINY["models"][3], TINY["models"][5]]}
+    path = _write(tmp_path / "tiny.yaml", tree)
+    outcome = run_experiment(path, tmp_path / "out", jobs=2)
+    runs = tmp_path / "out" / "runs"
+    records = [json.loads(p.read_text()) for p in runs.glob("*/run.json")]
+    assert len(records) == 5 and outcome.missing == 0  # pop, sasrec, one pre-training, two fine-tunings
+    assert not list(runs.glob("*.claim"))
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 4

@@ -1,16 +1,25 @@
-"""Run an experiment's plan, one training at a time, never redoing a finished run.
+"""Run an experiment's plan, never redoing a finished run, in one process or several.
 
 Each run lives in ``<out>/runs/<key>/``: what ``train_run`` writes (config.yaml, metrics.json,
 epochs.jsonl, best.pt), ``test_ranks.npy`` (0-based rank of each test user's item) and, written last,
 ``run.json``: a run is finished exactly when its ``run.json`` exists. A folder without one is what an
 interrupted run left behind; it is cleared and the run is trained again.
+
+Several processes (``jobs``, or the same command started on several machines that share the
+folder) share the plan through claims: a process trains a run only after creating
+``<out>/runs/<key>.claim`` (atomically, holding its host and pid); a claim whose process is gone
+is stale and is taken over. A fine-tuning waits until its pre-training is finished.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,16 +61,70 @@ def is_done(runs_dir: Path, key: str) -> bool:
     return (runs_dir / key / DONE).is_file()
 
 
-def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None) -> int:
-    """Train every run of ``plan`` that is not finished; returns how many were trained."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(runs_dir: Path, key: str) -> bool:
+    """Take the run ``key`` for this process; False when a live process holds it."""
+    path = runs_dir / f"{key}.claim"
+    me = f"{socket.gethostname()} {os.getpid()}"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().split()
+            except (OSError, ValueError):  # being written, or gone meanwhile
+                return False
+            if host != socket.gethostname() or _alive(int(pid)):
+                return False
+            log.warning("taking over %s: its process %s is gone", key, pid)
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def release(runs_dir: Path, key: str) -> None:
+    (runs_dir / f"{key}.claim").unlink(missing_ok=True)
+
+
+def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, poll: float = 5.0) -> int:
+    """Train every run of ``plan`` that is not finished and that no other live process has claimed;
+    wait for runs other processes train when they hold up this one's work. Returns how many runs
+    this process trained."""
     datasets = datasets or DatasetCache()
     todo = [r for r in plan.runs if not is_done(runs_dir, r.key)]
     log.info("%d runs planned, %d finished before, %d to train", len(plan.runs), len(plan.runs) - len(todo), len(todo))
-    for i, run in enumerate(todo, 1):
-        log.info("[%d/%d] %s %s on %s, seed %d%s -> %s", i, len(todo), run.entry, run.stage, run.dataset.key,
-                 run.seed, f" ({run.point})" if run.point else "", runs_dir / run.key)
-        train_one(run, runs_dir, datasets)
-    return len(todo)
+    trained, total = 0, len(todo)
+    while todo:
+        todo = [r for r in todo if not is_done(runs_dir, r.key)]
+        ready = [r for r in todo if r.pretrain_key is None or is_done(runs_dir, r.pretrain_key)]
+        run = next((r for r in ready if claim(runs_dir, r.key)), None)
+        if run is None:
+            if todo:
+                time.sleep(poll)  # the rest is being trained by other processes, or waits for them
+            continue
+        try:
+            if is_done(runs_dir, run.key):  # finished by another process just before the claim
+                continue
+            trained += 1
+            log.info("[%d/%d] %s %s on %s, seed %d%s -> %s", total - len(todo) + 1, total, run.entry, run.stage,
+                     run.dataset.key, run.seed, f" ({run.point})" if run.point else "", runs_dir / run.key)
+            train_one(run, runs_dir, datasets)
+        finally:
+            release(runs_dir, run.key)
+    return trained
 
 
 def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
@@ -116,12 +179,15 @@ class ExperimentOutcome:
 
 
 def run_experiment(path: str | Path, out: str | Path | None = None, only: list[str] | None = None,
-                   overrides: list[str] | None = None, train: bool = True) -> ExperimentOutcome:
+                   overrides: list[str] | None = None, train: bool = True, jobs: int = 1,
+                   report: bool = True) -> ExperimentOutcome:
     """Run (or resume) the experiment of ``path`` and write its tables and plots into ``out``.
 
     ``only``: train and report only these entries; ``overrides``: ``key=value`` settings applied to
     every stage of every run (e.g. ``train.epochs=3``, which changes the runs' keys);
-    ``train=False``: only (re)write the report from the runs already finished.
+    ``train=False``: only (re)write the report from the runs already finished; ``jobs``: train in
+    this many processes (the others are started here, each with ``train.threads`` = cores / jobs
+    unless set); ``report=False``: train only.
     """
     require_report_libraries()
     spec: ExperimentSpec = load_spec(path)
@@ -129,7 +195,21 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     runs_dir = out / "runs"
     plan = make_plan(spec, runs_dir.resolve(), only, overrides)
     datasets = DatasetCache()
-    trained = execute(plan, runs_dir, datasets) if train else 0
+    trained = 0
+    if train:
+        overrides = list(overrides or [])
+        if jobs > 1 and not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
+            overrides.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")
+            plan = make_plan(spec, runs_dir.resolve(), only, overrides)
+        workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
+        try:
+            trained = execute(plan, runs_dir, datasets)
+        finally:
+            failed = [w.args for w in workers if w.wait() != 0]
+        if failed:
+            raise ConfigError(f"{len(failed)} of the {jobs - 1} other experiment processes failed; see their log above")
+    if not report:
+        return ExperimentOutcome(out, trained, 0, {})
     loaded = [load_result(runs_dir, cell) for cell in plan.cells]
     results = [r for r in loaded if r is not None]
     used = {c.dataset for c in plan.cells}
@@ -137,3 +217,12 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     files = write_experiment_report(results, out, spec.metrics, spec.select_metric, spec.test, spec.alpha,
                                     title=spec.name, splits=splits)
     return ExperimentOutcome(out, trained, len(loaded) - len(results), files)
+
+
+def _start_worker(path, out: Path, only: list[str] | None, overrides: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mp4sr", "experiment", str(path), "--out", str(out), "--train-only"]
+    for name in only or []:
+        cmd += ["--only", name]
+    for o in overrides:
+        cmd += ["--set", o]
+    return subprocess.Popen(cmd)
