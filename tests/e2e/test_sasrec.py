@@ -39,3 +39,13 @@ def test_beauty_ids_trains(tmp_path):
     )
     assert metrics["best_epoch"] == 1
     assert 0 < metrics["test"]["recall@50"] < 1
+
+
+def test_sasrec_with_sampled_softmax_beats_popularity(tmp_path):
+    pop, _ = _train(tmp_path / "pop", "--model", "pop", "--dataset", "amazon-scientific-mm")
+    sampled, _ = _train(
+        tmp_path / "sampled", "--model", "sasrec", "--dataset", "amazon-scientific-mm",
+        "--set", "train.epochs=6", "--set", "train.batch_size=256", "--set", "train.progress=false",
+        "--set", "params.loss=sampled", "--set", "params.negatives=128",
+    )
+    assert sampled["test"]["ndcg@10"] > 1.2 * pop["test"]["ndcg@10"]

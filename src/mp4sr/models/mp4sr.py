@@ -28,13 +28,14 @@ from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender, register
+from mp4sr.models.base import ModelContext, SequentialRecommender, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 Modality = Literal["text", "image"]
 
 
-class MP4SRConfig(ModelConfig):
+class MP4SRConfig(LossConfig):
     stage: Literal["pretrain", "finetune"] = "finetune"
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
     hidden: int = 64
@@ -207,6 +208,7 @@ class MP4SR(SequentialRecommender):
             nn.Embedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )
         self.apply(init_weights)
+        self.sampler = config.sampler(context)  # fine-tuning with sampled softmax
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():
                 param.requires_grad = name.startswith("id_embedding")
@@ -338,8 +340,33 @@ class MP4SR(SequentialRecommender):
 
     def finetune_loss(self, batch: SequenceBatch) -> torch.Tensor:
         keep = batch.targets != IGNORE
+        if self.sampler is not None:
+            return self._sampled_finetune_loss(batch, keep)
         scores = self._finetune_scores(batch, keep)
         return F.cross_entropy(scores / self.config.tau, batch.targets[keep])
+
+    def _sampled_finetune_loss(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor:
+        """Fine-tuning against the candidates of a CandidateSampler: item representations are
+        computed for the batch's input items and the candidates only, never for the whole catalogue."""
+        real = batch.tokens != PAD
+        items_in = (batch.tokens - 1).clamp(min=0)
+        cands = self.sampler.sample(batch.targets[keep])
+        unique, inverse = torch.unique(torch.cat([items_in[real], cands.items]), return_inverse=True)
+        n_in = int(real.sum())
+        z = {m: self.item_reps(m, unique) for m in self.modalities}
+        z_seq = {}
+        for m in self.modalities:
+            seq = z[m].new_zeros(*batch.tokens.shape, z[m].shape[-1])
+            seq[real] = z[m][inverse[:n_in]]
+            z_seq[m] = seq
+        extra = self._id_rows(items_in) * real.unsqueeze(-1) if self.id_embedding is not None else None
+        h = self._encode(z_seq, real, extra)
+        rows = inverse[n_in:]
+        scores = 0
+        for m in self.modalities:
+            zc = z[m][rows] + self._id_rows(cands.items) if self.id_embedding is not None else z[m][rows]
+            scores = scores + F.normalize(h[m][keep], dim=-1) @ F.normalize(zc, dim=-1).T
+        return sampled_softmax_loss(scores, cands, self.config.tau)
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         if self.config.stage == "finetune":

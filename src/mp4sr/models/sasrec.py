@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
-from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender, register
+from mp4sr.models.base import ModelContext, SequentialRecommender, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 
-class SASRecConfig(ModelConfig):
+class SASRecConfig(LossConfig):
     hidden: int = 64
     layers: int = 2
     heads: int = 2
@@ -35,6 +36,7 @@ class SASRec(SequentialRecommender):
             attn_dropout=config.attn_dropout,
         )
         self.apply(init_weights)
+        self.sampler = config.sampler(context)
 
     def encode(self, batch: SequenceBatch) -> torch.Tensor:
         """[B, L, H] hidden states at every position."""
@@ -46,8 +48,11 @@ class SASRec(SequentialRecommender):
     def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
         hidden = self.encode(batch)
         keep = batch.targets != IGNORE
-        logits = hidden[keep] @ self.item_table().T
-        return F.cross_entropy(logits, batch.targets[keep])
+        targets = batch.targets[keep]
+        if self.sampler is not None:
+            cands = self.sampler.sample(targets)
+            return sampled_softmax_loss(hidden[keep] @ self.item_table()[cands.items].T, cands)
+        return F.cross_entropy(hidden[keep] @ self.item_table().T, targets)
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         return last_positions(self.encode(batch), batch.lengths) @ self.item_table().T

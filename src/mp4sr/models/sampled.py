@@ -1,0 +1,108 @@
+"""Sampled softmax with log-Q correction: next-item training without scoring the whole catalogue.
+
+A step scores each output against a candidate set instead of every item: the distinct target items
+of the batch (in-batch negatives) plus ``negatives`` items drawn from ``q(j) ∝ count_j ** alpha``
+(``alpha = 0``: uniform). Frequent items are candidates far more often than rare ones, which biases
+a plain softmax over the candidates towards demoting them; the log-Q correction (Bengio & Senécal
+2008; Yi et al., RecSys 2019) removes that bias by subtracting from each candidate's logit the log of
+the probability that it is in the candidate set at all (candidates are unique),
+
+    pi_j = 1 - (1 - p(j)) ** n_targets * (1 - q(j)) ** negatives,   p(j) = count_j / sum(count)
+
+where ``p`` is the distribution the batch's targets are drawn from (item frequencies in training).
+For rare items pi_j ≈ n_targets p(j) + negatives q(j), the expected count; for popular items, which
+are in nearly every candidate set, it saturates at 1. A row's positive is never one of its negatives.
+
+Cost per step: O(outputs x candidates) instead of O(outputs x items), and content-based models
+compute representations of the candidates only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from mp4sr.errors import ConfigError
+from mp4sr.models.base import ModelConfig
+
+
+class LossConfig(ModelConfig):
+    """The next-item loss of models that can train with either softmax."""
+
+    loss: Literal["full", "sampled"] = Field(
+        "full", description="softmax over every item, or over in-batch targets + sampled negatives with log-Q")
+    negatives: int = Field(1024, ge=0, description="sampled loss: negatives drawn per step (shared by the batch)")
+    negative_alpha: float = Field(0.0, ge=0, description="sampled loss: negatives drawn with q ∝ count^alpha (0: uniform)")
+    logq: bool = Field(True, description="sampled loss: subtract the log of each candidate's inclusion probability")
+
+    def sampler(self, context) -> "CandidateSampler | None":
+        if self.loss != "sampled":
+            return None
+        return CandidateSampler(context.item_counts, context.n_items, self.negatives, self.negative_alpha, self.logq)
+
+
+@dataclass
+class Candidates:
+    items: torch.Tensor  # [C] distinct item indexes
+    labels: torch.Tensor  # [N] position of each output's target in ``items``
+    log_q: torch.Tensor  # [C] log-probability of each candidate being in the set (the log-Q term)
+
+
+class CandidateSampler:
+    """Draws the candidate set of a step; ``item_counts`` are the items' training frequencies."""
+
+    def __init__(self, item_counts: np.ndarray | None, n_items: int, negatives: int = 1024,
+                 alpha: float = 0.0, logq: bool = True):
+        if negatives < 0:
+            raise ConfigError(f"negatives must be >= 0, not {negatives}")
+        counts = np.ones(n_items) if item_counts is None else np.asarray(item_counts, dtype=np.float64)
+        if len(counts) != n_items:
+            raise ConfigError(f"item_counts has {len(counts)} entries for {n_items} items")
+        data = counts / counts.sum() if counts.sum() > 0 else np.full(n_items, 1.0 / n_items)
+        noise = np.power(np.maximum(counts, 0), alpha) if alpha else np.ones(n_items)
+        noise = noise / noise.sum()
+        self.n_items = n_items
+        self.negatives = negatives
+        self.logq = logq
+        self.p_data = torch.from_numpy(data).float()
+        self.q_noise = torch.from_numpy(noise).float()
+        self._uniform = not alpha
+
+    def to(self, device) -> "CandidateSampler":
+        self.p_data = self.p_data.to(device)
+        self.q_noise = self.q_noise.to(device)
+        return self
+
+    def sample(self, targets: torch.Tensor, generator: torch.Generator | None = None) -> Candidates:
+        """Candidates for the outputs whose next items are ``targets`` [N]."""
+        device = targets.device
+        if self.p_data.device != device:
+            self.to(device)
+        drawn = targets
+        if self.negatives:
+            if self._uniform:
+                noise = torch.randint(self.n_items, (self.negatives,), device=device, generator=generator)
+            else:
+                noise = torch.multinomial(self.q_noise, self.negatives, replacement=True, generator=generator)
+            drawn = torch.cat([targets, noise])
+        items, inverse = torch.unique(drawn, return_inverse=True)
+        labels = inverse[: len(targets)]
+        if self.logq:
+            log_absent = len(targets) * torch.log1p(-self.p_data[items].clamp(max=1 - 1e-7))
+            if self.negatives:
+                log_absent = log_absent + self.negatives * torch.log1p(-self.q_noise[items].clamp(max=1 - 1e-7))
+            log_q = torch.log((-torch.expm1(log_absent)).clamp_min(1e-30))
+        else:
+            log_q = torch.zeros(len(items), device=device)
+        return Candidates(items, labels, log_q)
+
+
+def sampled_softmax_loss(logits: torch.Tensor, candidates: Candidates, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of ``logits`` [N, C] (scores of the candidates, before the temperature) with
+    the log-Q correction applied."""
+    return F.cross_entropy(logits / temperature - candidates.log_q, candidates.labels)
