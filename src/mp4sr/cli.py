@@ -41,9 +41,19 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def default_out_dir(command: str, dataset: str, model: str | None = None) -> Path:
+    from mp4sr.train import distributed
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = "-".join(p for p in (command, Path(dataset).name, model, stamp) if p)
-    return Path("runs") / name
+    return distributed.broadcast_object(Path("runs") / name)  # under torchrun: rank 0's, on every rank
+
+
+def _start_distributed() -> bool:
+    """Join torchrun's process group when launched by it; True on the process that prints."""
+    from mp4sr.train import distributed
+
+    distributed.init_from_env()
+    return distributed.is_main()
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], title: str) -> Table:
@@ -83,9 +93,13 @@ def train(
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
     if resume and out is None:
         raise MP4SRError("--resume needs --out: the folder of the run to continue")
+    main = _start_distributed()
     out = out or default_out_dir("train", cfg.dataset, cfg.model)
-    console.print(f"{'resuming' if resume else 'training'} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
+    if main:
+        console.print(f"{'resuming' if resume else 'training'} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
     output = train_run(cfg, out, resume=resume)
+    if not main:
+        return
     _out_console().print(
         metrics_table(output.metrics(), f"{cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})")
     )
@@ -100,10 +114,13 @@ def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[
 
     base = PRETRAIN_DEFAULTS if kind == "pretrain" else FINETUNE_DEFAULTS
     cfg: RunConfig = build_config(RunConfig, config, set_, base=base, dataset=dataset, init_from=init_from)
+    main = _start_distributed()
     out = out or default_out_dir(kind, cfg.dataset, cfg.model)
-    console.print(f"{kind} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
+    if main:
+        console.print(f"{kind} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
     output = train_run(cfg, out, resume=resume and (out / "last.pt").is_file())
-    _out_console().print(metrics_table(output.metrics(), f"{kind}: {cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})"))
+    if main:
+        _out_console().print(metrics_table(output.metrics(), f"{kind}: {cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})"))
     return cfg, output, out
 
 
@@ -143,11 +160,14 @@ def run(
 
     from mp4sr.report import write_run_report
 
+    main = _start_distributed()
     out = out or default_out_dir("run", dataset, "mp4sr")
     shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
     pre_cfg, pre, _ = _stage("pretrain", dataset, config, shared + (pretrain_set or []), out / "pretrain", resume=resume)
     fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune",
                              init_from=str(out / "pretrain" / "best.pt"), resume=resume)
+    if not main:
+        return
     (out / "metrics.json").write_text(_json.dumps(fin.metrics(), indent=2))
     report = write_run_report(out, pre.metrics(), fin.metrics(), pre_cfg, fin_cfg)
     console.print(f"report: {report}")

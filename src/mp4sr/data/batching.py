@@ -83,10 +83,12 @@ def train_batches(
     generator: np.random.Generator,
     group_by_length: bool = True,
     group_factor: int = 50,
-) -> Iterator[SequenceBatch]:
+    rows_only: bool = False,
+) -> Iterator[SequenceBatch] | Iterator[np.ndarray]:
     """Shuffled training batches. With ``group_by_length`` the examples are shuffled, cut into groups
     of ``group_factor`` batches, sorted by length inside each group, and the batches are shuffled
-    again: padding stays small while batch composition stays random."""
+    again: padding stays small while batch composition stays random. ``rows_only``: yield each
+    batch's example rows instead of the batch."""
     order = generator.permutation(len(examples))
     if group_by_length:
         lengths = (examples.end - examples.start)[order]
@@ -98,15 +100,18 @@ def train_batches(
     if group_by_length:
         batches = [batches[i] for i in generator.permutation(len(batches))]
     for rows in batches:
-        yield make_train_batch(values, examples, rows)
+        yield rows if rows_only else make_train_batch(values, examples, rows)
 
 
 def eval_batches(
-    values: torch.Tensor, evalset: EvalSet, max_len: int, batch_size: int
+    values: torch.Tensor, evalset: EvalSet, max_len: int, batch_size: int, shard: tuple[int, int] | None = None
 ) -> Iterator[SequenceBatch]:
-    """Evaluation batches of the last ``max_len`` history items, grouped by length."""
+    """Evaluation batches of the last ``max_len`` history items, grouped by length; with
+    ``shard=(i, n)`` only the examples whose index is i modulo n."""
     start = np.maximum(evalset.hist_start, evalset.hist_end - max_len)
     order = np.argsort(evalset.hist_end - start, kind="stable")
+    if shard is not None:
+        order = order[order % shard[1] == shard[0]]
     for i in range(0, len(order), batch_size):
         rows = order[i : i + batch_size]
         s, e = torch.from_numpy(start[rows]), torch.from_numpy(evalset.hist_end[rows])

@@ -34,17 +34,21 @@ def full_ranking(
     batch_size: int = 1024,
     exclude_history: bool = False,
     device: str | torch.device = "cpu",
+    shard: tuple[int, int] | None = None,
 ) -> RankingResult:
     """Rank every target among all items with ``model.full_sort_predict``.
 
     ``exclude_history`` removes the items of the user's whole history from the ranking (a repeated
     target then counts as a miss). It is off by default because the standard sequential protocol
     (RecBole, UniSRec, MISSRec, the MP4SR paper) ranks all items, and repeat interactions are real.
+
+    ``shard=(i, n)``: rank only the examples whose index is i modulo n (the others' ranks are 0 and
+    the metrics cover the shard); distributed evaluation sums the shards' ranks.
     """
     was_training = model.training
     model.eval()
-    ranks = np.empty(len(evalset), dtype=np.int64)
-    for batch in eval_batches(values, evalset, max_len, batch_size):
+    ranks = np.zeros(len(evalset), dtype=np.int64)
+    for batch in eval_batches(values, evalset, max_len, batch_size, shard):
         scores = model.full_sort_predict(batch.to(device)).float()
         if exclude_history:
             rows = batch.rows.numpy()
@@ -55,7 +59,8 @@ def full_ranking(
             scores[r.to(device), (hist[r, c] - 1).to(device)] = -torch.inf
         ranks[batch.rows.numpy()] = target_ranks(scores, batch.next_items.to(device)).cpu().numpy()
     model.train(was_training)
-    return RankingResult(ranks, mean_metrics(torch.from_numpy(ranks), ks))
+    mine = ranks if shard is None else ranks[np.arange(len(ranks)) % shard[1] == shard[0]]
+    return RankingResult(ranks, mean_metrics(torch.from_numpy(mine), ks))
 
 
 @torch.no_grad()

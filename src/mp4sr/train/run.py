@@ -14,6 +14,7 @@ from mp4sr.config import RunConfig
 from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
+from mp4sr.train import distributed
 from mp4sr.train.checkpoint import feature_manifest
 from mp4sr.train.trainer import Trainer, TrainResult, seed_everything
 
@@ -74,7 +75,13 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings)."""
     dataset = dataset or load_dataset(config.dataset, config.data.user_core, config.data.item_core)
     split = leave_one_out(dataset)
-    features = dataset_features(config, dataset) if getattr(model_class(config.model), "needs_features", False) else None
+    features = None
+    if getattr(model_class(config.model), "needs_features", False):
+        if not distributed.is_main():  # rank 0 computes (or imports) and caches them first
+            distributed.barrier()
+        features = dataset_features(config, dataset)
+        if distributed.is_main():
+            distributed.barrier()
     context = ModelContext(
         n_items=dataset.n_items, max_len=config.data.max_len, item_counts=split.train_counts(), features=features,
         extras={"dataset": dataset, **(context_extras or {})},
@@ -85,7 +92,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
         load_encoder(model, config.init_from)
     examples = split.train_examples(config.data.training_mode, config.data.max_len)
     out = Path(out_dir) if out_dir else None
-    if out:
+    if out and distributed.is_main():
         try:
             out.mkdir(parents=True, exist_ok=True)
             if not (resume and (out / "config.yaml").is_file()):  # a resumed run keeps the config it started with
@@ -98,6 +105,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     )
     result = trainer.fit()
     output = RunOutput(config, dataset, split, model, result)
-    if out:
+    if out and distributed.is_main():
         (out / "metrics.json").write_text(json.dumps(output.metrics(), indent=2))
+    distributed.barrier()  # what rank 0 wrote is there before any process goes on
     return output

@@ -23,7 +23,9 @@ from mp4sr.config import EvalSettings, TrainSettings
 from mp4sr.data.batching import make_train_batch, train_batches
 from mp4sr.data.split import LeaveOneOut, TrainExamples
 from mp4sr.errors import ConfigError, MP4SRError
+from mp4sr.evaluate.metrics import mean_metrics
 from mp4sr.evaluate.ranking import RankingResult, full_ranking
+from mp4sr.train import distributed
 from mp4sr.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -131,6 +133,9 @@ class Trainer:
     continues from ``out_dir/last.pt`` (from scratch if there is none); a path continues from that
     file. ``checkpoint_extra`` (config, item index...) and ``feature_manifest`` (per modality, from
     the FeatureStore manifests) are stored in every checkpoint and checked on resumption.
+
+    Under torchrun the processes share each batch and the evaluation (see ``mp4sr.train.distributed``);
+    only rank 0 writes.
     """
 
     def __init__(
@@ -147,7 +152,11 @@ class Trainer:
         feature_manifest: dict[str, dict[str, Any]] | None = None,
         resume: bool | str | Path = False,
     ):
-        self.model = model.to(settings.device)
+        self.device = distributed.device_for(settings.device)
+        self.model = model.to(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.is_main = self.rank == 0
+        self.ddp = distributed.wrap(self.model, self.device) if self.world > 1 else None
         self.split = split
         self.examples = examples
         self.settings = settings
@@ -168,10 +177,29 @@ class Trainer:
 
     def evaluate(self, which: str = "valid") -> RankingResult:
         evalset = self.split.valid if which == "valid" else self.split.test
-        return full_ranking(
+        shard = (self.rank, self.world) if self.world > 1 else None
+        result = full_ranking(
             self.model, self.values, evalset, self.max_len, self.eval_settings.ks,
-            self.settings.eval_batch_size, self.eval_settings.exclude_history, self.settings.device,
+            self.settings.eval_batch_size, self.eval_settings.exclude_history, self.device, shard,
         )
+        if shard is None:
+            return result
+        ranks = distributed.all_reduce_sum(torch.from_numpy(result.ranks)).numpy()  # shards are disjoint
+        return RankingResult(ranks, mean_metrics(torch.from_numpy(ranks), self.eval_settings.ks))
+
+    def _shard(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """This process's rows of a global batch and the weight of its loss: world size x its share
+        of the batch's targets, so that the averaged gradients are those of the whole batch."""
+        if self.world == 1:
+            return rows, 1.0
+        mine = rows[self.rank :: self.world]
+        if self.examples.last_only:
+            return mine, self.world * len(mine) / len(rows)
+        count = lambda r: float((self.examples.end[r] - self.examples.start[r]).sum())  # noqa: E731
+        return mine, self.world * count(mine) / count(rows)
+
+    def _step_loss(self, batch) -> torch.Tensor:
+        return self.ddp(batch) if self.ddp is not None else self.model.calculate_loss(batch)
 
     # ------------------------------------------------------------------ one epoch
 
@@ -184,28 +212,39 @@ class Trainer:
         self.model.train()
         if position is None:
             position = EpochPosition(epoch, start_rng=copy.deepcopy(rng.bit_generator.state))
-            batches = train_batches(self.values, self.examples, s.batch_size, rng, s.group_by_length)
+            batch_rows = train_batches(self.values, self.examples, s.batch_size, rng, s.group_by_length, rows_only=True)
         else:
-            batches = (make_train_batch(self.values, self.examples, rows) for rows in position.batches[position.done:])
+            batch_rows = iter(position.batches[position.done:])
         n_batches = -(-len(self.examples) // s.batch_size)
         t0, seconds_before = time.perf_counter(), position.seconds
-        bar = tqdm(batches, total=n_batches, initial=position.done, desc=f"epoch {epoch}", leave=False,
-                   disable=not s.progress or None)
-        for batch in bar:
-            loss = self.model.calculate_loss(batch.to(s.device))
+        bar = tqdm(batch_rows, total=n_batches, initial=position.done, desc=f"epoch {epoch}", leave=False,
+                   disable=not s.progress or not self.is_main or None)
+        for rows in bar:
+            if len(rows) < self.world:  # too small to give every process a row: skipped by all
+                position.done += 1
+                continue
+            rows, weight = self._shard(rows)
+            batch = make_train_batch(self.values, self.examples, rows)
+            loss = self._step_loss(batch.to(self.device))
             if not torch.isfinite(loss):
                 raise MP4SRError(f"the training loss became {loss.item()} at epoch {epoch}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward() if weight != 1.0 else loss.backward()
             if s.clip_grad:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad)
             optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
-            position.loss_total += loss.item()
+            value = loss.item()
+            if self.world > 1:  # the batch's loss, and whether any process was asked to stop
+                both = distributed.all_reduce_sum(torch.tensor([value * weight, float(self._signal is not None)]))
+                value = both[0].item() / self.world
+                if both[1] > 0 and self._signal is None:
+                    self._signal = signal.SIGTERM
+            position.loss_total += value
             position.done += 1
             self.state.step += 1
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{value:.4f}")
             if self._signal is not None and position.done < n_batches:
                 position.seconds = seconds_before + time.perf_counter() - t0
                 self._stop_mid_epoch(optimizer, rng, position, n_batches)
@@ -218,8 +257,8 @@ class Trainer:
             replay = np.random.Generator(type(rng.bit_generator)())
             replay.bit_generator.state = position.start_rng
             s = self.settings
-            position.batches = [b.rows.numpy() for b in train_batches(
-                self.values, self.examples, s.batch_size, replay, s.group_by_length)]
+            position.batches = list(train_batches(
+                self.values, self.examples, s.batch_size, replay, s.group_by_length, rows_only=True))
         self._save_last(optimizer, rng, position)
         raise self._interrupted(f"during epoch {position.epoch} ({position.done} of {n_batches} batches done)")
 
@@ -257,7 +296,7 @@ class Trainer:
         if resumed is None:
             self._write_history()
             self._save_last(optimizer, rng)  # from here on, a run killed at any moment can be resumed
-        if self.out_dir:  # temporary files of a run killed while it saved
+        if self.out_dir and self.is_main:  # temporary files of a run killed while it saved
             for stale in self.out_dir.glob(".*.pt.tmp-*"):
                 stale.unlink(missing_ok=True)
         st = self.state
@@ -283,6 +322,8 @@ class Trainer:
                 self._save_last(optimizer, rng)
                 if improved:
                     self._save_best(epoch, valid)
+                if self.world > 1 and distributed.all_reduce_sum(torch.tensor([float(self._signal is not None)]))[0] > 0:
+                    self._signal = self._signal or signal.SIGTERM  # another process was asked to stop
                 if self._signal is not None:
                     raise self._interrupted(f"after epoch {epoch}")
                 if st.waited >= s.patience:
@@ -376,7 +417,7 @@ class Trainer:
         """SIGINT / SIGTERM set a flag the loop checks after each step (a second one stops at once);
         the previous handlers are put back afterwards."""
         self._signal = None
-        if self.out_dir is None or threading.current_thread() is not threading.main_thread():
+        if (self.out_dir is None and self.world == 1) or threading.current_thread() is not threading.main_thread():
             yield
             return
 
@@ -385,7 +426,7 @@ class Trainer:
                 raise KeyboardInterrupt
             self._signal = signum
             log.warning("%s: finishing the current step, then saving %s (again to stop at once)",
-                        signal.Signals(signum).name, self.out_dir / "last.pt")
+                        signal.Signals(signum).name, self.out_dir and self.out_dir / "last.pt")
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -410,7 +451,7 @@ class Trainer:
                 "features": self.feature_manifest, "state_dict": self.model.state_dict()}
 
     def _save_last(self, optimizer, rng, position: EpochPosition | None = None) -> None:
-        if not self.out_dir:
+        if not self.out_dir or not self.is_main:
             return
         st = self.state
         atomic_save({
@@ -424,13 +465,13 @@ class Trainer:
         }, self.out_dir / "last.pt")
 
     def _save_best(self, epoch: int, valid: dict[str, float]) -> None:
-        if not self.out_dir:
+        if not self.out_dir or not self.is_main:
             return
         atomic_save({**self._payload("best"), "epoch": epoch, "valid": valid}, self.out_dir / "best.pt")
 
     def _write_history(self) -> None:
         """epochs.jsonl = the history so far (on resumption, epochs after the checkpoint are dropped)."""
-        if not self.out_dir:
+        if not self.out_dir or not self.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._write(lambda: (self.out_dir / "epochs.jsonl").write_text(
@@ -446,7 +487,7 @@ class Trainer:
         m = self.settings.valid_metric
         log.info("epoch %d  loss %.4f  valid %s %.4f  (train %.1fs, eval %.2fs)",
                  record.epoch, record.loss or 0.0, m, record.valid[m], record.train_seconds, record.eval_seconds)
-        if self.out_dir:
+        if self.out_dir and self.is_main:
             def append():
                 with open(self.out_dir / "epochs.jsonl", "a") as f:
                     f.write(json.dumps(record.as_dict()) + "\n")
