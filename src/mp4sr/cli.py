@@ -189,12 +189,29 @@ def features(
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", help="word list for CLIP keywords (default: ImageNet classes)"),
     dtype: str = typer.Option("float16", "--dtype", help="float16 | float32"),
 ) -> None:
-    """Compute (or import) item text and image vectors into the feature cache."""
-    from mp4sr.features import run_features
+    """Compute (or import) item text and image vectors into the feature cache.
 
-    run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors,
-                 no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from,
-                 text_pooling=text_pooling, n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+    Under torchrun (no --shard) each process computes one shard and rank 0 merges them; on several
+    machines their MP4SR_CACHE_DIR must be one shared folder."""
+    from datetime import timedelta
+
+    from mp4sr.features import run_features, run_features_merge
+    from mp4sr.train import distributed
+
+    settings = dict(no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from, text_pooling=text_pooling)
+    if shard is None and distributed.launched():
+        distributed.init_from_env(timeout=timedelta(days=2), cpu_only=True)  # shards may take long
+        shard = f"{distributed.rank()}/{distributed.world_size()}"
+        run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings,
+                     n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+        distributed.barrier()
+        if distributed.is_main():
+            run_features_merge(dataset, text_encoder=text_encoder, image_encoder=image_encoder,
+                               image_mode=image_mode, max_vectors=max_vectors, n_keywords=keywords,
+                               vocabulary=vocabulary, dtype=dtype, **settings)
+        return
+    run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings,
+                 n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
 
 
 @app.command("features-merge")

@@ -36,7 +36,7 @@ def test_two_processes_match_one(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                 "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "mp4sr"]
     ddp, ddp_hist, done = _run(torchrun, tmp_path / "two")
-    assert "distributed training: 2 processes, backend gloo" in done.stderr
+    assert "distributed: 2 processes, backend gloo" in done.stderr
     # Stated tolerance: the same batches and an exactly re-weighted loss, so only floating-point
     # summation order differs: losses within 1e-3 relative, metrics within 0.005 absolute.
     assert len(ddp_hist) == len(single_hist) == 3

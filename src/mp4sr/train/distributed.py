@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -49,18 +50,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> None:
+def init_from_env(timeout: timedelta | None = None, cpu_only: bool = False) -> None:
     """Join the process group torchrun describes (no-op for a single process); quiet the logs of
-    every rank but 0."""
+    every rank but 0. ``timeout``: how long a collective (a barrier) may wait for the slowest rank."""
     if not launched() or active():
         return
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if torch.cuda.is_available() and not cpu_only else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
     if not is_main():
         logging.getLogger("mp4sr").setLevel(logging.WARNING)
-    log.info("distributed training: %d processes, backend %s", world_size(), backend)
+    log.info("distributed: %d processes, backend %s", world_size(), backend)
 
 
 def device_for(device: str) -> str:
