@@ -1,7 +1,8 @@
 """Full-ranking evaluation: every user's target is ranked against all items.
 
 Users are scored in chunks (one matrix product per chunk), so memory is bounded by
-``batch_size x n_items`` and no users x items matrix is ever held.
+``batch_size x n_items`` and no users x items matrix is ever held; on large catalogues the chunk
+shrinks so that it holds at most ``SCORE_BUDGET`` scores (256 MiB of float32) whatever the catalogue.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import torch
 from mp4sr.data.batching import eval_batches, gather_windows
 from mp4sr.data.split import EvalSet
 from mp4sr.evaluate.metrics import DEFAULT_KS, mean_metrics, target_ranks
+
+SCORE_BUDGET = 1 << 26  # scores held at once by a chunk of users
+
+
+def users_per_chunk(batch_size: int, n_items: int, budget: int = SCORE_BUDGET) -> int:
+    """The chunk of users whose scores of all items fit in ``budget`` (at least one user)."""
+    return max(1, min(batch_size, budget // max(n_items, 1)))
 
 
 @dataclass
@@ -48,6 +56,7 @@ def full_ranking(
     was_training = model.training
     model.eval()
     ranks = np.zeros(len(evalset), dtype=np.int64)
+    batch_size = users_per_chunk(batch_size, int(getattr(model, "n_items", 0)))
     for batch in eval_batches(values, evalset, max_len, batch_size, shard):
         scores = model.full_sort_predict(batch.to(device)).float()
         if exclude_history:
