@@ -56,3 +56,24 @@ def test_exclude_history_drops_seen_items():
     # user 0 saw 0,1,2: item 3 is now first; user 1 saw 4,0,1 and its target 0 is a repeat, so it
     # falls behind the two items it never saw
     assert result.ranks.tolist() == [0, 2, 0]
+
+
+def test_score_budget_bounds_the_user_chunk(monkeypatch):
+    from mp4sr.evaluate import ranking
+
+    assert ranking.users_per_chunk(1024, 1_000_000) == (1 << 26) // 1_000_000  # 67 users of a 1M catalogue
+    assert ranking.users_per_chunk(1024, 10) == 1024 and ranking.users_per_chunk(8, 10**9) == 1
+    seen = []
+    real = ranking.eval_batches
+
+    def spy(values, evalset, max_len, batch_size, shard=None):
+        seen.append(batch_size)
+        return real(values, evalset, max_len, batch_size, shard)
+
+    monkeypatch.setattr(ranking, "SCORE_BUDGET", 10)  # 5 items: 2 users per chunk
+    monkeypatch.setattr(ranking, "eval_batches", spy)
+    split = leave_one_out(_toy())
+    model = _Fixed([0.0, 4.0, 3.0, 2.0, 1.0])
+    model.n_items = 5
+    result = ranking.full_ranking(model, torch.from_numpy(split.dataset.sequences.items), split.test, batch_size=64)
+    assert seen == [2] and result.ranks.tolist() == [2, 4, 0]

@@ -19,8 +19,10 @@ from mp4sr.evaluate.metrics import DEFAULT_KS, mean_metrics, target_ranks
 SCORE_BUDGET = 1 << 26  # scores held at once by a chunk of users
 
 
-def users_per_chunk(batch_size: int, n_items: int, budget: int = SCORE_BUDGET) -> int:
-    """The chunk of users whose scores of all items fit in ``budget`` (at least one user)."""
+def users_per_chunk(batch_size: int, n_items: int, budget: int | None = None) -> int:
+    """The chunk of users whose scores of all items fit in ``budget`` (default ``SCORE_BUDGET``),
+    at least one user."""
+    budget = SCORE_BUDGET if budget is None else budget
     return max(1, min(batch_size, budget // max(n_items, 1)))
 
 

@@ -39,6 +39,9 @@ def export_topk(rec: Recommender, out: str | Path, k: int = 10, exclude_seen: bo
         raise ConfigError(f"export file {out}: the suffix must be one of {', '.join(FORMATS)}")
     if rec.dataset is None:
         raise MP4SRError("this recommender has no dataset: load it with Recommender.load(checkpoint)")
+    from mp4sr.evaluate.ranking import users_per_chunk
+
+    batch_size = users_per_chunk(batch_size, rec.n_items)  # bounded score matrices on large catalogues
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
     rows, writer = 0, None
