@@ -46,14 +46,14 @@ def run_ours(dataset: str, mode: str, args) -> dict:
     cfg: RunConfig = build_config(RunConfig, overrides=[
         "model=sasrec", f"dataset={dataset}", f"data.training_mode={mode}", f"train.epochs={args.epochs}",
         f"train.patience={args.patience}", f"train.batch_size={args.batch_size}", f"train.seed={args.seed}",
-        "train.lr=1e-3", "train.weight_decay=0", "train.progress=false", "train.eval_batch_size=4096",
+        "train.lr=1e-3", "train.weight_decay=0", "train.progress=false",
     ])
     out = train_run(cfg, cache_dir() / "bench-sasrec" / f"{Path(dataset).name}-{mode}")
     trainer_values = torch.from_numpy(out.dataset.sequences.items)
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        full_ranking(out.model, trainer_values, out.split.test, cfg.data.max_len, cfg.eval.ks, 4096)
+        full_ranking(out.model, trainer_values, out.split.test, cfg.data.max_len, cfg.eval.ks, cfg.train.eval_batch_size)
         times.append(time.perf_counter() - t)
     return {
         "epoch_seconds": [r.train_seconds for r in out.result.history],

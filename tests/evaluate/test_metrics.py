@@ -66,9 +66,9 @@ def test_score_budget_bounds_the_user_chunk(monkeypatch):
     seen = []
     real = ranking.eval_batches
 
-    def spy(values, evalset, max_len, batch_size, shard=None):
+    def spy(values, evalset, max_len, batch_size, shard=None, max_tokens=None):
         seen.append(batch_size)
-        return real(values, evalset, max_len, batch_size, shard)
+        return real(values, evalset, max_len, batch_size, shard, max_tokens)
 
     monkeypatch.setattr(ranking, "SCORE_BUDGET", 10)  # 5 items: 2 users per chunk
     monkeypatch.setattr(ranking, "eval_batches", spy)
@@ -77,3 +77,15 @@ def test_score_budget_bounds_the_user_chunk(monkeypatch):
     model.n_items = 5
     result = ranking.full_ranking(model, torch.from_numpy(split.dataset.sequences.items), split.test, batch_size=64)
     assert seen == [2] and result.ranks.tolist() == [2, 4, 0]
+
+
+@pytest.mark.parametrize("max_tokens", [1, 4, 7, None])
+def test_token_budget_batches_cover_every_example_once(max_tokens):
+    from mp4sr.data.batching import eval_batches
+
+    split = leave_one_out(_toy())
+    values = torch.from_numpy(split.dataset.sequences.items)
+    batches = list(eval_batches(values, split.valid, 50, 64, None, max_tokens))
+    assert sorted(int(r) for b in batches for r in b.rows) == [0, 1, 2]
+    if max_tokens is not None:
+        assert all(len(b) == 1 or b.tokens.numel() <= max_tokens for b in batches)

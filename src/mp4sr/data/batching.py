@@ -104,16 +104,26 @@ def train_batches(
 
 
 def eval_batches(
-    values: torch.Tensor, evalset: EvalSet, max_len: int, batch_size: int, shard: tuple[int, int] | None = None
+    values: torch.Tensor, evalset: EvalSet, max_len: int, batch_size: int, shard: tuple[int, int] | None = None,
+    max_tokens: int | None = None,
 ) -> Iterator[SequenceBatch]:
     """Evaluation batches of the last ``max_len`` history items, grouped by length; with
-    ``shard=(i, n)`` only the examples whose index is i modulo n."""
+    ``shard=(i, n)`` only the examples whose index is i modulo n. A batch holds at most ``batch_size``
+    examples and, with ``max_tokens``, at most that many padded positions (more short histories per
+    batch, fewer long ones)."""
     start = np.maximum(evalset.hist_start, evalset.hist_end - max_len)
     order = np.argsort(evalset.hist_end - start, kind="stable")
     if shard is not None:
         order = order[order % shard[1] == shard[0]]
-    for i in range(0, len(order), batch_size):
-        rows = order[i : i + batch_size]
+    lengths = (evalset.hist_end - start)[order]
+    i = 0
+    while i < len(order):
+        j = min(i + batch_size, len(order))
+        if max_tokens is not None:  # sorted ascending: the batch's width is its last length
+            fits = np.searchsorted(lengths[i:j] * np.arange(1, j - i + 1), max_tokens, side="right")
+            j = i + max(1, int(fits))
+        rows = order[i:j]
+        i = j
         s, e = torch.from_numpy(start[rows]), torch.from_numpy(evalset.hist_end[rows])
         tokens, _ = gather_windows(values, s, e)
         yield SequenceBatch(

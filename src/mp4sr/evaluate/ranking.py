@@ -3,6 +3,8 @@
 Users are scored in chunks (one matrix product per chunk), so memory is bounded by
 ``batch_size x n_items`` and no users x items matrix is ever held; on large catalogues the chunk
 shrinks so that it holds at most ``SCORE_BUDGET`` scores (256 MiB of float32) whatever the catalogue.
+Histories are sorted by length and a chunk holds at most ``TOKEN_BUDGET`` padded positions, so the
+sequence encoder never runs over padding of short histories batched with long ones.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from mp4sr.data.split import EvalSet
 from mp4sr.evaluate.metrics import DEFAULT_KS, mean_metrics, target_ranks
 
 SCORE_BUDGET = 1 << 26  # scores held at once by a chunk of users
+TOKEN_BUDGET = 8192  # padded history positions per chunk: many short histories at once, few long ones
 
 
 def users_per_chunk(batch_size: int, n_items: int, budget: int | None = None) -> int:
@@ -59,7 +62,7 @@ def full_ranking(
     model.eval()
     ranks = np.zeros(len(evalset), dtype=np.int64)
     batch_size = users_per_chunk(batch_size, int(getattr(model, "n_items", 0)))
-    for batch in eval_batches(values, evalset, max_len, batch_size, shard):
+    for batch in eval_batches(values, evalset, max_len, batch_size, shard, TOKEN_BUDGET):
         scores = model.full_sort_predict(batch.to(device)).float()
         if exclude_history:
             rows = batch.rows.numpy()
