@@ -30,6 +30,7 @@ class CausalTransformer(nn.Module):
     def __init__(
         self, hidden: int = 64, layers: int = 2, heads: int = 2, ffn: int = 256, dropout: float = 0.2,
         max_len: int = 50, attn_dropout: float | None = None, layer_norm_eps: float = 1e-12,
+        ffn_dropout: float | None = None,
     ):
         super().__init__()
         self.position = nn.Embedding(max_len, hidden)
@@ -40,6 +41,8 @@ class CausalTransformer(nn.Module):
         )
         if attn_dropout is not None:
             layer.self_attn.dropout = attn_dropout
+        if ffn_dropout is not None:  # between the FFN's two linear layers (RecBole has none there)
+            layer.dropout = nn.Dropout(ffn_dropout)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.max_len = max_len
 

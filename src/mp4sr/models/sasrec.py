@@ -19,6 +19,7 @@ class SASRecConfig(LossConfig):
     ffn: int = 256
     dropout: float = 0.5  # RecBole: hidden_dropout_prob
     attn_dropout: float = 0.5  # RecBole: attn_dropout_prob
+    ffn_dropout: float | None = None  # inside the feed-forward block; None: same as dropout
 
 
 @register
@@ -33,7 +34,7 @@ class SASRec(SequentialRecommender):
         self.item_embedding = nn.Embedding(context.n_items + 1, config.hidden, padding_idx=0)
         self.transformer = CausalTransformer(
             config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len,
-            attn_dropout=config.attn_dropout,
+            attn_dropout=config.attn_dropout, ffn_dropout=config.ffn_dropout,
         )
         self.apply(init_weights)
         self.sampler = config.sampler(context)
