@@ -89,3 +89,44 @@ def test_token_budget_batches_cover_every_example_once(max_tokens):
     assert sorted(int(r) for b in batches for r in b.rows) == [0, 1, 2]
     if max_tokens is not None:
         assert all(len(b) == 1 or b.tokens.numel() <= max_tokens for b in batches)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+def test_chunked_ranks_equal_full_ranks_with_ties_and_exclusions(chunk):
+    from mp4sr.evaluate.ranking import chunked_target_ranks
+
+    g = torch.Generator().manual_seed(0)
+    users = torch.randn(12, 4, generator=g)
+    items = torch.randn(20, 4, generator=g)
+    items[5] = items[11] = items[17]  # identical items tie
+    targets = torch.tensor([17, 5, 0, 11, 19, 3, 3, 17, 8, 1, 2, 11])
+    seen = (torch.tensor([0, 0, 1, 4, 6]), torch.tensor([5, 17, 2, 19, 3]))  # rows 0, 4, 6 saw their target
+    scores = (users[:, None, :].double() * items[None].double()).sum(-1)  # exact ties for identical items
+    for excl in (None, seen):
+        full = scores.clone()
+        if excl is not None:
+            full[excl] = -torch.inf
+        expected = target_ranks(full, targets)
+        assert torch.equal(chunked_target_ranks(users, items, targets, chunk, excl), expected)
+
+
+@pytest.mark.parametrize("model_name", ["sasrec", "mp4sr"])
+def test_large_catalogue_path_ranks_like_the_full_scores(model_name, monkeypatch):
+    from mp4sr.evaluate import ranking
+    from mp4sr.models.base import ModelContext, build_model
+
+    seqs = [list(np.random.default_rng(u).integers(0, 40, 6)) for u in range(30)]
+    ds = Dataset("toy", ItemCatalogue(np.arange(40).astype(str)), np.arange(30).astype(str), Sequences.from_lists(seqs))
+    split = leave_one_out(ds)
+    features = None
+    if model_name == "mp4sr":
+        from mp4sr.models.mp4sr import ItemTable
+
+        features = {m: ItemTable(torch.randn(40, 2, 8), torch.ones(40, 2, dtype=torch.bool)) for m in ("text", "image")}
+    torch.manual_seed(0)
+    model = build_model(model_name, {"hidden": 16, "ffn": 32}, ModelContext(40, 10, split.train_counts(), features))
+    values = torch.from_numpy(ds.sequences.items)
+    full = ranking.full_ranking(model, values, split.test, 10, exclude_history=True)
+    monkeypatch.setattr(ranking, "SCORE_BUDGET", 64)  # 40 items x 64 users > 64 scores: chunks of items
+    chunked = ranking.full_ranking(model, values, split.test, 10, batch_size=64, exclude_history=True)
+    assert np.array_equal(full.ranks, chunked.ranks)

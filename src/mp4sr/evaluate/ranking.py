@@ -22,6 +22,12 @@ SCORE_BUDGET = 1 << 26  # scores held at once by a chunk of users
 TOKEN_BUDGET = 8192  # padded history positions per chunk: many short histories at once, few long ones
 
 
+def factorised(model) -> bool:
+    """Whether ``model`` scores as ``user_vectors(batch) @ item_vectors().T`` (and can be ranked in
+    chunks of items)."""
+    return callable(getattr(model, "user_vectors", None)) and callable(getattr(model, "item_vectors", None))
+
+
 def users_per_chunk(batch_size: int, n_items: int, budget: int | None = None) -> int:
     """The chunk of users whose scores of all items fit in ``budget`` (default ``SCORE_BUDGET``),
     at least one user."""
@@ -61,20 +67,69 @@ def full_ranking(
     was_training = model.training
     model.eval()
     ranks = np.zeros(len(evalset), dtype=np.int64)
-    batch_size = users_per_chunk(batch_size, int(getattr(model, "n_items", 0)))
+    n_items = int(getattr(model, "n_items", 0))
+    by_items = factorised(model) and users_per_chunk(batch_size, n_items) < batch_size
+    item_table = model.item_vectors().float() if by_items else None
+    if not by_items:
+        batch_size = users_per_chunk(batch_size, n_items)
     for batch in eval_batches(values, evalset, max_len, batch_size, shard, TOKEN_BUDGET):
-        scores = model.full_sort_predict(batch.to(device)).float()
+        rows = batch.rows.numpy()
+        seen = None
         if exclude_history:
-            rows = batch.rows.numpy()
             hist, real = gather_windows(
                 values, torch.from_numpy(evalset.hist_start[rows]), torch.from_numpy(evalset.hist_end[rows])
             )
             r, c = torch.nonzero(real, as_tuple=True)
-            scores[r.to(device), (hist[r, c] - 1).to(device)] = -torch.inf
-        ranks[batch.rows.numpy()] = target_ranks(scores, batch.next_items.to(device)).cpu().numpy()
+            seen = (r.to(device), (hist[r, c] - 1).to(device))
+        targets = batch.next_items.to(device)
+        if by_items:
+            users = model.user_vectors(batch.to(device)).float()
+            chunk = max(1, SCORE_BUDGET // len(users))
+            ranks[rows] = chunked_target_ranks(users, item_table, targets, chunk, seen).cpu().numpy()
+            continue
+        scores = model.full_sort_predict(batch.to(device)).float()
+        if seen is not None:
+            scores[seen] = -torch.inf
+        ranks[rows] = target_ranks(scores, targets).cpu().numpy()
     model.train(was_training)
     mine = ranks if shard is None else ranks[np.arange(len(ranks)) % shard[1] == shard[0]]
     return RankingResult(ranks, mean_metrics(torch.from_numpy(mine), ks))
+
+
+@torch.no_grad()
+def chunked_target_ranks(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int,
+                         seen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The 0-based rank of each target among ``users @ items.T``, computed ``chunk`` items at a time.
+
+    Items clearly above or below a target's score are counted from the float32 chunk products; the
+    few within a narrow band around it are compared again in float64, element by element, so that
+    identical items tie exactly wherever their chunks fell, and ties are broken by item index as
+    ``target_ranks`` does. ``seen``: (row, item) pairs scored -inf (excluded from the ranking)."""
+    B, n = len(users), len(items)
+    provisional = (users * items[targets]).sum(1)
+    eps = 1e-4 * provisional.abs() + 1e-6  # far wider than any rounding difference of the two products
+    if seen is not None:  # an excluded target scores -inf: it ties with the other excluded items
+        excluded = seen[0][seen[1] == targets[seen[0]]]
+        provisional[excluded], eps[excluded] = -torch.inf, 0.0
+    low, high = (provisional - eps)[:, None], (provisional + eps)[:, None]
+    above = torch.zeros(B, dtype=torch.long, device=users.device)
+    band: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        scores = users @ items[start:stop].T
+        if seen is not None:
+            inside = (seen[1] >= start) & (seen[1] < stop)
+            scores[seen[0][inside], seen[1][inside] - start] = -torch.inf
+        above += (scores > high).sum(1)
+        r, c = torch.nonzero((scores >= low) & (scores <= high), as_tuple=True)
+        band.append((r, c + start, scores[r, c]))
+    r, c, v = (torch.cat(parts) for parts in zip(*band))
+    exact = (users.double() * items[targets].double()).sum(1)
+    exact[provisional == -torch.inf] = -torch.inf
+    v = torch.where(v == -torch.inf, v.double(), (users[r].double() * items[c].double()).sum(1))
+    target_score = exact[r]
+    before = (v > target_score) | ((v == target_score) & (c < targets[r]))
+    return above + torch.bincount(r[before], minlength=B)
 
 
 @torch.no_grad()

@@ -368,6 +368,25 @@ class MP4SR(SequentialRecommender):
             scores = scores + F.normalize(h[m][keep], dim=-1) @ F.normalize(zc, dim=-1).T
         return sampled_softmax_loss(scores, cands, self.config.tau)
 
+    # The score is a sum over modalities of products of normalised vectors, i.e. one dot product of
+    # the concatenations: what chunked ranking over large catalogues uses.
+    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
+        real = batch.tokens != PAD
+        items_in = (batch.tokens - 1).clamp(min=0)
+        z_all = self.all_item_reps()
+        extra = None
+        if self.config.stage == "finetune" and self.id_embedding is not None:
+            extra = self._id_rows(items_in) * real.unsqueeze(-1)
+        h = self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
+        return torch.cat([F.normalize(last_positions(h[m], batch.lengths), dim=-1) for m in self.modalities], dim=-1)
+
+    def item_vectors(self) -> torch.Tensor:
+        z_all = self.all_item_reps()
+        ids = None
+        if self.config.stage == "finetune" and self.id_embedding is not None:
+            ids = self._id_rows(torch.arange(self.n_items, device=next(self.parameters()).device))
+        return torch.cat([F.normalize(z_all[m] if ids is None else z_all[m] + ids, dim=-1) for m in self.modalities], dim=-1)
+
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         if self.config.stage == "finetune":
             return self._finetune_scores(batch, None)

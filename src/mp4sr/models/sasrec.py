@@ -55,5 +55,11 @@ class SASRec(SequentialRecommender):
             return sampled_softmax_loss(hidden[keep] @ self.item_table()[cands.items].T, cands)
         return F.cross_entropy(hidden[keep] @ self.item_table().T, targets)
 
+    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
+        return last_positions(self.encode(batch), batch.lengths)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_table()
+
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
-        return last_positions(self.encode(batch), batch.lengths) @ self.item_table().T
+        return self.user_vectors(batch) @ self.item_vectors().T

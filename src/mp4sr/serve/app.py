@@ -7,6 +7,7 @@ that wait); the Recommender's lock keeps scoring and adding items apart. Inputs 
 
 # No `from __future__ import annotations`: FastAPI must see the request models defined in _models().
 import asyncio
+import gc
 import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -141,6 +142,10 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await batcher.start()
+        # Everything loaded so far (model, catalogue, app) lives as long as the service: keep it out
+        # of the garbage collector's full passes, whose pauses over it were the latency tail.
+        gc.collect()
+        gc.freeze()
         yield
         await batcher.stop()
 
