@@ -58,5 +58,8 @@ class GRU4Rec(SequentialRecommender):
         return self.item_embedding.weight[1:]
 
     # The objective and the scoring are SASRec's: cross-entropy of encode() against item_table().
+    sampler = None
     calculate_loss = SASRec.calculate_loss
+    user_vectors = SASRec.user_vectors
+    item_vectors = SASRec.item_vectors
     full_sort_predict = SASRec.full_sort_predict

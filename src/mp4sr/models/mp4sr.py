@@ -187,6 +187,7 @@ class MP4SR(SequentialRecommender):
 
     name = "mp4sr"
     Config = MP4SRConfig
+    sampler = None
     needs_features = True
 
     def __init__(self, config: MP4SRConfig, context: ModelContext):
@@ -208,7 +209,7 @@ class MP4SR(SequentialRecommender):
             nn.Embedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )
         self.apply(init_weights)
-        self.sampler = config.sampler(context)  # fine-tuning with sampled softmax
+        self.sampler = config.sampler(context) if isinstance(config, LossConfig) else None  # sampled fine-tuning
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():
                 param.requires_grad = name.startswith("id_embedding")

@@ -28,6 +28,7 @@ class SASRec(SequentialRecommender):
 
     name = "sasrec"
     Config = SASRecConfig
+    sampler = None  # a CandidateSampler with params.loss=sampled (subclasses with their own __init__ have none)
 
     def __init__(self, config: SASRecConfig, context: ModelContext):
         super().__init__(config, context)
