@@ -50,8 +50,11 @@ class Sequences:
     items: np.ndarray
 
     def __post_init__(self) -> None:
-        self.offsets = np.asarray(self.offsets, dtype=np.int64)
-        self.items = np.asarray(self.items, dtype=np.int64)
+        # int64 arrays (memory-mapped ones included) are kept as they are, never copied
+        if not (isinstance(self.offsets, np.ndarray) and self.offsets.dtype == np.int64):
+            self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        if not (isinstance(self.items, np.ndarray) and self.items.dtype == np.int64):
+            self.items = np.asarray(self.items, dtype=np.int64)
 
     @classmethod
     def from_lists(cls, seqs: list[list[int]] | list[np.ndarray]) -> "Sequences":
@@ -70,6 +73,30 @@ class Sequences:
 
     def __getitem__(self, u: int) -> np.ndarray:
         return self.items[self.offsets[u] : self.offsets[u + 1]]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``offsets.npy`` and ``items.npy`` into ``folder`` (for ``load(..., mmap=True)``)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("offsets", "items"):
+            tmp = folder / f".{name}.tmp.npy"
+            np.save(tmp, getattr(self, name))
+            tmp.replace(folder / f"{name}.npy")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, mmap: bool = True) -> "Sequences":
+        """Sequences saved by ``save``; with ``mmap`` the arrays stay on disk and pages are read on
+        demand (copy-on-write: the files never change), so a process holds only what it touches."""
+        folder = Path(folder)
+        try:
+            arrays = [np.load(folder / f"{n}.npy", mmap_mode="c" if mmap else None) for n in ("offsets", "items")]
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read sequences from {folder}: {e}") from None
+        offsets, items = arrays
+        if offsets.dtype != np.int64 or items.dtype != np.int64 or len(offsets) == 0 or offsets[-1] != len(items):
+            raise DataError(f"{folder}: offsets.npy and items.npy do not form CSR sequences")
+        return cls(offsets, items)
 
 
 @dataclass
