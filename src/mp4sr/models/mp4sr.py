@@ -283,6 +283,21 @@ class MP4SR(SequentialRecommender):
 
     # ------------------------------------------------------------------ objectives
 
+    def _touched_items(self, batch: SequenceBatch, real: torch.Tensor, others: torch.Tensor):
+        """Representations of just the items a step touches: the batch's inputs and ``others``
+        (targets, candidates). Returns (per modality: the distinct items' representations, the
+        input sequences [B, L, H] zero at padding, and the row of each of ``others``)."""
+        items_in = (batch.tokens - 1).clamp(min=0)
+        unique, inverse = torch.unique(torch.cat([items_in[real], others]), return_inverse=True)
+        n_in = int(real.sum())
+        z = {m: self.item_reps(m, unique) for m in self.modalities}
+        z_seq = {}
+        for m in self.modalities:
+            seq = z[m].new_zeros(*batch.tokens.shape, z[m].shape[-1])
+            seq[real] = z[m][inverse[:n_in]]
+            z_seq[m] = seq
+        return z, z_seq, inverse[n_in:]
+
     def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
         if self.config.stage == "pretrain":
             return self.pretrain_loss(batch)
@@ -294,17 +309,8 @@ class MP4SR(SequentialRecommender):
             batch = item_dropout(batch, cfg.item_dropout_max)
         real = batch.tokens != PAD
         keep = batch.targets != IGNORE
-        # Representations of just the items this batch touches (inputs and targets).
         items_in = (batch.tokens - 1).clamp(min=0)
-        unique, inverse = torch.unique(torch.cat([items_in[real], batch.targets[keep]]), return_inverse=True)
-        n_in = int(real.sum())
-        pos_in, target_idx = inverse[:n_in], inverse[n_in:]
-        z = {m: self.item_reps(m, unique) for m in self.modalities}
-        z_seq = {}
-        for m in self.modalities:
-            seq = z[m].new_zeros(*batch.tokens.shape, z[m].shape[-1])
-            seq[real] = z[m][pos_in]
-            z_seq[m] = seq
+        z, z_seq, target_idx = self._touched_items(batch, real, batch.targets[keep])
         if self.training and cfg.mixup and len(self.modalities) == 2:
             z_seq = self._mixup(z_seq, items_in, real)
         h = self._encode(z_seq, real, None)
@@ -352,17 +358,9 @@ class MP4SR(SequentialRecommender):
         real = batch.tokens != PAD
         items_in = (batch.tokens - 1).clamp(min=0)
         cands = self.sampler.sample(batch.targets[keep])
-        unique, inverse = torch.unique(torch.cat([items_in[real], cands.items]), return_inverse=True)
-        n_in = int(real.sum())
-        z = {m: self.item_reps(m, unique) for m in self.modalities}
-        z_seq = {}
-        for m in self.modalities:
-            seq = z[m].new_zeros(*batch.tokens.shape, z[m].shape[-1])
-            seq[real] = z[m][inverse[:n_in]]
-            z_seq[m] = seq
+        z, z_seq, rows = self._touched_items(batch, real, cands.items)
         extra = self._id_rows(items_in) * real.unsqueeze(-1) if self.id_embedding is not None else None
         h = self._encode(z_seq, real, extra)
-        rows = inverse[n_in:]
         scores = 0
         for m in self.modalities:
             zc = z[m][rows] + self._id_rows(cands.items) if self.id_embedding is not None else z[m][rows]
