@@ -198,20 +198,18 @@ def features(
     from mp4sr.features import run_features, run_features_merge
     from mp4sr.train import distributed
 
-    settings = dict(no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from, text_pooling=text_pooling)
-    if shard is None and distributed.launched():
+    settings = dict(no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from, text_pooling=text_pooling,
+                    n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+    one_shard_per_process = shard is None and distributed.launched()
+    if one_shard_per_process:
         distributed.init_from_env(timeout=timedelta(days=2), cpu_only=True)  # shards may take long
         shard = f"{distributed.rank()}/{distributed.world_size()}"
-        run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings,
-                     n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+    run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings)
+    if one_shard_per_process:
         distributed.barrier()
         if distributed.is_main():
             run_features_merge(dataset, text_encoder=text_encoder, image_encoder=image_encoder,
-                               image_mode=image_mode, max_vectors=max_vectors, n_keywords=keywords,
-                               vocabulary=vocabulary, dtype=dtype, **settings)
-        return
-    run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings,
-                 n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+                               image_mode=image_mode, max_vectors=max_vectors, **settings)
 
 
 @app.command("features-merge")

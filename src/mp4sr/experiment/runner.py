@@ -193,14 +193,13 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     spec: ExperimentSpec = load_spec(path)
     out = Path(out or spec.output or Path("runs") / "experiments" / spec.name)
     runs_dir = out / "runs"
+    overrides = list(overrides or [])
+    if train and jobs > 1 and not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
+        overrides.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")  # not part of the runs' keys
     plan = make_plan(spec, runs_dir.resolve(), only, overrides)
     datasets = DatasetCache()
     trained = 0
     if train:
-        overrides = list(overrides or [])
-        if jobs > 1 and not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
-            overrides.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")
-            plan = make_plan(spec, runs_dir.resolve(), only, overrides)
         workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
         try:
             trained = execute(plan, runs_dir, datasets)

@@ -328,28 +328,38 @@ class MP4SR(SequentialRecommender):
             loss = loss + cfg.cmcl_weight * cmcl_loss(a, b, last, cfg.tau)
         return loss
 
-    def _finetune_scores(self, batch: SequenceBatch, positions: torch.Tensor | None) -> torch.Tensor:
-        """Scores of all items for the outputs at ``positions`` (a mask), or at the last positions."""
+    def _hidden(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
+        """[B, L, H] outputs per modality over the items' content, with their ID embeddings added on the
+        input side when the model has them (transductive fine-tuning)."""
         real = batch.tokens != PAD
         items_in = (batch.tokens - 1).clamp(min=0)
         z_all = self.all_item_reps()
-        extra = None
-        if self.id_embedding is not None:
-            extra = self._id_rows(items_in) * real.unsqueeze(-1)
-            ids = self._id_rows(torch.arange(self.n_items, device=batch.tokens.device))
-        h = self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
+        extra = self._id_rows(items_in) * real.unsqueeze(-1) if self.id_embedding is not None else None
+        return self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
+
+    def _output_items(self) -> dict[str, torch.Tensor]:
+        """[n_items, H] normalised output side per modality: content, plus the ID embedding if any."""
+        z_all = self.all_item_reps()
+        if self.id_embedding is None:
+            return {m: F.normalize(z_all[m], dim=-1) for m in self.modalities}
+        ids = self._id_rows(torch.arange(self.n_items, device=next(self.parameters()).device))
+        return {m: F.normalize(z_all[m] + ids, dim=-1) for m in self.modalities}
+
+    def _scores(self, batch: SequenceBatch, positions: torch.Tensor | None) -> torch.Tensor:
+        """Scores of all items for the outputs at ``positions`` (a mask), or at the last positions:
+        sum over modalities of cosine similarities (content only in pre-training)."""
+        h, items = self._hidden(batch), self._output_items()
         scores = 0
         for m in self.modalities:
             out = h[m][positions] if positions is not None else last_positions(h[m], batch.lengths)
-            z = z_all[m] + ids if self.id_embedding is not None else z_all[m]
-            scores = scores + F.normalize(out, dim=-1) @ F.normalize(z, dim=-1).T
+            scores = scores + F.normalize(out, dim=-1) @ items[m].T
         return scores
 
     def finetune_loss(self, batch: SequenceBatch) -> torch.Tensor:
         keep = batch.targets != IGNORE
         if self.sampler is not None:
             return self._sampled_finetune_loss(batch, keep)
-        scores = self._finetune_scores(batch, keep)
+        scores = self._scores(batch, keep)
         return F.cross_entropy(scores / self.config.tau, batch.targets[keep])
 
     def _sampled_finetune_loss(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor:
@@ -370,34 +380,14 @@ class MP4SR(SequentialRecommender):
     # The score is a sum over modalities of products of normalised vectors, i.e. one dot product of
     # the concatenations: what chunked ranking over large catalogues uses.
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
-        real = batch.tokens != PAD
-        items_in = (batch.tokens - 1).clamp(min=0)
-        z_all = self.all_item_reps()
-        extra = None
-        if self.config.stage == "finetune" and self.id_embedding is not None:
-            extra = self._id_rows(items_in) * real.unsqueeze(-1)
-        h = self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
+        h = self._hidden(batch)
         return torch.cat([F.normalize(last_positions(h[m], batch.lengths), dim=-1) for m in self.modalities], dim=-1)
 
     def item_vectors(self) -> torch.Tensor:
-        z_all = self.all_item_reps()
-        ids = None
-        if self.config.stage == "finetune" and self.id_embedding is not None:
-            ids = self._id_rows(torch.arange(self.n_items, device=next(self.parameters()).device))
-        return torch.cat([F.normalize(z_all[m] if ids is None else z_all[m] + ids, dim=-1) for m in self.modalities], dim=-1)
+        return torch.cat(list(self._output_items().values()), dim=-1)
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
-        if self.config.stage == "finetune":
-            return self._finetune_scores(batch, None)
-        # Pre-training has no ID embeddings: rank by content, summed over modalities.
-        real = batch.tokens != PAD
-        items_in = (batch.tokens - 1).clamp(min=0)
-        z_all = self.all_item_reps()
-        h = self._encode({m: z_all[m][items_in] for m in self.modalities}, real, None)
-        return sum(
-            F.normalize(last_positions(h[m], batch.lengths), dim=-1) @ F.normalize(z_all[m], dim=-1).T
-            for m in self.modalities
-        )
+        return self._scores(batch, None)
 
     # ------------------------------------------------------------------ pre-trained weights
 

@@ -229,7 +229,7 @@ class Trainer:
             if not torch.isfinite(loss):
                 raise MP4SRError(f"the training loss became {loss.item()} at epoch {epoch}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
-            (loss * weight).backward() if weight != 1.0 else loss.backward()
+            (loss * weight).backward()
             if s.clip_grad:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_grad)
             optimizer.step()
