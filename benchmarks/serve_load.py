@@ -47,6 +47,19 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+CLIENT_LOOP = "uvloop" if _has("uvloop") else "asyncio"
+
+
+def run_async(coroutine):
+    """Run the client on uvloop when it is installed (as the server does): the client shares the cores."""
+    if CLIENT_LOOP == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coroutine)
+    return asyncio.run(coroutine)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,14 +151,15 @@ async def load(port: int, bodies: list[dict], concurrency: int, seconds: float) 
             await connection.post("/recommend", body)
             latencies.append(time.perf_counter() - t0)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker(c) for c in connections))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     for connection in connections:
         connection.close()
     ms = np.array(latencies) * 1000
     return {"requests": len(ms), "seconds": elapsed, "rps": len(ms) / elapsed,
-            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "client_cpu_ms": cpu * 1000 / max(len(ms), 1)}
 
 
 def in_process_batch(rec, histories: list[list[str]], k: int, seconds: float) -> float:
@@ -160,16 +174,16 @@ def in_process_batch(rec, histories: list[list[str]], k: int, seconds: float) ->
 
 def measure_single(server: subprocess.Popen, port: int, histories: list[list[str]], args) -> dict[int, float]:
     """One history per request at each concurrency; prints a row each, returns requests/s."""
-    print(f"{'concurrency':>11} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18} {'load avg':>9}")
+    print(f"{'concurrency':>11} {'requests':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU ms/req':>18} {'client CPU ms/req':>18} {'load avg':>9}")
     bodies = [{"history": h, "k": args.k} for h in histories[: args.requests]]
     rates = {}
     for c in args.concurrency:
         cpu = cpu_seconds(server.pid)
-        r = asyncio.run(load(port, bodies, c, args.seconds))
+        r = run_async(load(port, bodies, c, args.seconds))
         cpu = (cpu_seconds(server.pid) - cpu) * 1000 / (r["requests"] + c)
         rates[c] = r["rps"]
         print(f"{c:>11} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.1f} {r['p99']:>8.1f} {cpu:>18.2f} "
-              f"{os.getloadavg()[0]:>9.1f}")
+              f"{r['client_cpu_ms']:>18.2f} {os.getloadavg()[0]:>9.1f}")
     return rates
 
 
@@ -178,7 +192,7 @@ def measure_batch(server: subprocess.Popen, port: int, histories: list[list[str]
     n_batches = max(1, min(args.requests // args.batch, 20))
     bodies = [{"histories": histories[i * args.batch : (i + 1) * args.batch], "k": args.k} for i in range(n_batches)]
     cpu = cpu_seconds(server.pid)
-    b = asyncio.run(load(port, bodies, 1, args.seconds))
+    b = run_async(load(port, bodies, 1, args.seconds))
     cpu = (cpu_seconds(server.pid) - cpu) * 1000 / ((b["requests"] + 1) * args.batch)
     rate = b["rps"] * args.batch
     print(f"\nbatch of {args.batch} over HTTP: {rate:,.0f} histories/s (p50 {b['p50']:.0f} ms per batch, "
@@ -198,7 +212,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the server and of recommend_batch (1: on 2 shared cores more spin)")
+    parser.add_argument("--client-loop", choices=["uvloop", "asyncio"], default=CLIENT_LOOP,
+                        help="the load client's event loop")
     args = parser.parse_args()
+    globals()["CLIENT_LOOP"] = args.client_loop
 
     import torch
 
@@ -211,7 +228,8 @@ def main() -> None:
         http = "httptools" if _has("httptools") else "h11"  # what uvicorn picks by itself
         print(f"\n{rec.model_name} on {rec.payload.get('dataset')} ({rec.n_items:,} items), k={args.k}, "
               f"{os.cpu_count()} cores (shared with the client and anything else running); "
-              f"server: uvicorn {http}, {'uvloop' if _has('uvloop') else 'asyncio'}, {args.threads} torch thread(s)")
+              f"server: uvicorn {http}, {'uvloop' if _has('uvloop') else 'asyncio'}, {args.threads} torch thread(s); "
+              f"client: {args.client_loop}")
         rates = measure_single(server, port, histories, args)
         http_rate = measure_batch(server, port, histories, args)
         local_rate = in_process_batch(rec, histories[: args.batch], args.k, min(args.seconds, 5))

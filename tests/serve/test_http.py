@@ -136,6 +136,70 @@ def test_request_bounds(clients, body, status, words):
     assert words in response.json()["detail"]
 
 
+@pytest.fixture(scope="module")
+def route_only_client(recommenders):
+    """The SASRec app with its plain ASGI /recommend handler switched off: FastAPI's route answers."""
+    from fastapi.testclient import TestClient
+
+    from mp4sr.serve.app import create_app
+
+    app = create_app(recommenders["sasrec"])
+    app.fast_routes = {}
+    with TestClient(app) as client:
+        yield client
+
+
+def test_fast_handler_answers_like_the_fastapi_route(clients, route_only_client, scientific_mm, split):
+    history = history_of(scientific_mm, split.test, 3)
+    bodies = [{"history": history, "k": 7}, {"histories": [history, [], history[:1]], "k": 3, "exclude_seen": False},
+              {"history": history + ["nope"]}, {"history": history + ["nope"], "skip_unknown": True},
+              {"history": history, "candidates": ["nope"]}, {"history": ["x"], "k": 0}, {}, {"history": "x"},
+              {"history": ["x"], "kk": 3}, {"histories": [["x"]] * 1025}, {"history": [], "k": 2}]
+    for body in bodies:
+        fast, route = clients["sasrec"].post("/recommend", json=body), route_only_client.post("/recommend", json=body)
+        assert fast.status_code == route.status_code, body
+        if fast.status_code == 200:
+            assert fast.json() == route.json()
+        else:
+            assert fast.json()["detail"] == route.json()["detail"], body
+            assert fast.json().get("ids") == route.json().get("ids")
+    for raw, kind in [(b"{", "application/json"), (b"", "application/json"), (b"[1, 2]", "application/json"),
+                      (b'{"history": []}', "text/plain"), (b'{"history": []}', "application/json; charset=utf-8")]:
+        fast = clients["sasrec"].post("/recommend", content=raw, headers={"content-type": kind})
+        route = route_only_client.post("/recommend", content=raw, headers={"content-type": kind})
+        assert fast.status_code == route.status_code and fast.json() == route.json(), raw
+
+
+def test_body_over_the_limit_is_413(recommenders, scientific_mm):
+    from fastapi.testclient import TestClient
+
+    from mp4sr.serve.app import ServeLimits, create_app
+
+    item = str(scientific_mm.items.ids[0])
+    with TestClient(create_app(recommenders["sasrec"], ServeLimits(max_body_bytes=1000))) as client:
+        assert client.post("/recommend", json={"history": [item] * 10}).status_code == 200
+        response = client.post("/recommend", json={"history": [item] * 200})
+        assert response.status_code == 413 and "1,000 bytes" in response.json()["detail"]
+
+
+def test_jobs_scored_together_answer_as_alone(recommenders, scientific_mm, split):
+    """One forward and top-k pass over jobs of different k, exclusion and candidates gives each job
+    what it gets alone."""
+    from mp4sr.serve.app import Job, score_jobs
+
+    rec = recommenders["sasrec"]
+    histories = [list(scientific_mm.sequences[u][:-1]) for u in range(12)]
+    jobs = [Job(histories[:3], 5, True, None), Job(histories[3:4], 12, False, None),
+            Job(histories[4:8], 1, True, list(range(40))), Job(histories[8:], 20, True, None)]
+    together = score_jobs(rec, jobs)
+    for job, got in zip(jobs, together, strict=True):
+        alone = rec.select_top(rec.score_indexes(job.histories), job.histories, job.k, job.exclude_seen, job.candidates)
+        assert [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in alone]
+        assert [len(row) for row in got] == [job.k] * len(job.histories)
+        if job.exclude_seen:
+            assert all(not set(rec.index[i] for i, _ in row) & set(h) for row, h in zip(got, job.histories))
+
+
 def test_health_and_docs(clients):
     health = clients["mp4sr"].get("/health").json()
     assert health["status"] == "ok" and health["model"] == "mp4sr" and health["n_items"] >= 1585

@@ -2,7 +2,9 @@
 
 Concurrent /recommend requests are scored together by a ``MicroBatcher`` (one forward pass for all
 that wait); the Recommender's lock keeps scoring and adding items apart. Inputs are bounded by
-``ServeLimits``: a too long history, too large k -> 422; too many histories in one request -> 413.
+``ServeLimits``: a too long history, too large k -> 422; too many histories in one request, or too
+large a body -> 413. POST /recommend, the hot path, is answered by a plain ASGI handler in front of
+FastAPI's layers (see ``_Service``), with the same request model and the same answers.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the request models defined in _models().
@@ -12,13 +14,15 @@ import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from inspect import signature
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Awaitable, Callable, Mapping, Sequence
 
+import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from mp4sr.errors import DataError, MP4SRError
 from mp4sr.serve.batcher import MicroBatcher
@@ -48,16 +52,32 @@ class Job:
 
 
 def score_jobs(rec: Recommender, jobs: Sequence[Job]) -> list[Any]:
-    """One forward pass over every job's histories, then each job's own top-k."""
+    """One forward pass over every job's histories, then one top-k pass over the rows of the jobs
+    without candidates (each row with its job's k) and one per job with candidates."""
     scores = rec.score_indexes([h for job in jobs for h in job.histories])
-    out, start = [], 0
-    for job in jobs:
-        rows = scores[start : start + len(job.histories)]
-        start += len(job.histories)
+    bounds = np.cumsum([0] + [len(job.histories) for job in jobs])
+    out: list[Any] = [None] * len(jobs)
+    shared = [n for n, job in enumerate(jobs) if job.candidates is None]
+    if shared:
+        sizes = [len(jobs[n].histories) for n in shared]
+        rows = torch.from_numpy(np.concatenate([np.arange(bounds[n], bounds[n + 1]) for n in shared]))
         try:
-            out.append(rec.select_top(rows, job.histories, job.k, job.exclude_seen, job.candidates))
-        except Exception as e:  # noqa: BLE001 - this job's failure, not the others'
-            out.append(e)
+            tops = rec.select_top(scores[rows], [h for n in shared for h in jobs[n].histories],
+                                  np.repeat([jobs[n].k for n in shared], sizes),
+                                  np.repeat([jobs[n].exclude_seen for n in shared], sizes))
+        except Exception:  # noqa: BLE001 - done again below job by job, so that only the failing job fails
+            tops = None
+        if tops is not None:
+            ends = np.cumsum(sizes)
+            for n, end, size in zip(shared, ends, sizes):
+                out[n] = tops[end - size : end]
+    for n, job in enumerate(jobs):
+        if out[n] is None:
+            try:
+                out[n] = rec.select_top(scores[bounds[n] : bounds[n + 1]], job.histories, job.k, job.exclude_seen,
+                                        job.candidates)
+            except Exception as e:  # noqa: BLE001 - this job's failure, not the others'
+                out[n] = e
     return out
 
 
@@ -116,22 +136,92 @@ def _models(limits: ServeLimits):
     return RecommendRequest, Recommendations, BatchRecommendations, AddItemsRequest, AddItemsResponse
 
 
-def _error(status: int, exc: Exception, **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": str(exc), **extra})
+# Exceptions -> (status, whether the body names the ids); the most specific kinds first.
+ERRORS: list[tuple[type[Exception], int, bool]] = [
+    (UnknownItemsError, 422, True), (DuplicateItemsError, 409, True), (UnsupportedError, 400, False),
+    (DataError, 422, False), (MP4SRError, 500, False)]
+
+
+def _error_content(exc: Exception) -> tuple[int, dict[str, Any]]:
+    for kind, status, with_ids in ERRORS:
+        if isinstance(exc, kind):
+            return status, {"detail": str(exc), **({"ids": exc.ids} if with_ids else {})}
+    raise exc
+
+
+def _invalid_content(errors: Sequence[Any]) -> dict[str, Any]:
+    lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+    return {"detail": "; ".join(lines), "errors": jsonable_encoder(errors)}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": "; ".join(lines), "errors": jsonable_encoder(exc.errors())})
+        return JSONResponse(status_code=422, content=_invalid_content(exc.errors()))
 
-    handlers = [(UnknownItemsError, 422, True), (DuplicateItemsError, 409, True), (UnsupportedError, 400, False),
-                (DataError, 422, False), (MP4SRError, 500, False)]
-    for kind, status, with_ids in handlers:
-        async def handler(_: Request, exc: Exception, status=status, with_ids=with_ids) -> JSONResponse:
-            return _error(status, exc, **({"ids": exc.ids} if with_ids else {}))
+    for kind, *_ in ERRORS:
+        async def handler(_: Request, exc: Exception) -> JSONResponse:
+            status, content = _error_content(exc)
+            return JSONResponse(status_code=status, content=content)
         app.add_exception_handler(kind, handler)
+
+
+class _Service(FastAPI):
+    """FastAPI, with a few hot routes answered by plain ASGI handlers in front of its middleware and
+    router (``fast_routes``: (method, path) -> handler). The FastAPI routes of the same paths stay: they
+    document the API and serve it under a root path; both call the same code and answer alike."""
+
+    fast_routes: Mapping[tuple[str, str], Callable[..., Awaitable[None]]] = {}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            handler = self.fast_routes.get((scope["method"], scope["path"]))
+            if handler is not None and _is_json(scope):
+                return await handler(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+def _is_json(scope) -> bool:
+    """Whether the request says its body is JSON (other bodies are FastAPI's to refuse)."""
+    return any(name == b"content-type" and value.split(b";")[0].strip().lower() == b"application/json"
+               for name, value in scope["headers"])
+
+
+def _parse(model: type[BaseModel], body: bytes) -> BaseModel:
+    """``body`` validated as FastAPI does it (``json.loads``, then the model), or its RequestValidationError."""
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        return model.model_validate(json.loads(body), from_attributes=True)
+    except json.JSONDecodeError as e:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", e.pos), "msg": "JSON decode error",
+                                       "input": {}, "ctx": {"error": e.msg}}]) from None
+    except ValidationError as e:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
+                                      for error in e.errors(include_url=False)]) from None
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The request body; None when it is over ``limit`` bytes or the client left."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_json(send, status: int, content: Any) -> None:
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI:
@@ -150,7 +240,7 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
         await batcher.stop()
 
     body_limit = {"max_body_size": limits.max_body_bytes} if "max_body_size" in signature(FastAPI).parameters else {}
-    app = FastAPI(title="mp4sr", version="0.1.0", lifespan=lifespan, **body_limit,
+    app = _Service(title="mp4sr", version="0.1.0", lifespan=lifespan, **body_limit,
                   description=f"Next-item recommendations from a {rec.model_name} model; item ids are the catalogue's ids.")
     _install_error_handlers(app)
 
@@ -162,14 +252,7 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
     async def health() -> dict[str, Any]:
         return {"status": "ok", **rec.describe()}
 
-    # The response is serialised here (json.dumps) instead of being validated again against its model on
-    # the event loop, which is the busiest part of the service under load; the model stays in the docs.
-    @app.post("/recommend", response_class=JSONResponse,
-              responses={200: {"model": Recommendations | BatchRecommendations},
-                         413: {"description": "too many histories in one request"},
-                         422: {"description": "invalid request or unknown item ids (named in 'ids')"}})
-    async def recommend(req: RecommendRequest) -> Response:
-        """Top-k items after each history; an empty history gets the most popular items."""
+    async def answer(req: RecommendRequest) -> dict[str, Any]:
         histories = [req.history] if req.history is not None else req.histories
         if len(histories) > limits.max_batch:
             raise HTTPException(413, f"{len(histories)} histories in one request; at most {limits.max_batch}: split the batch")
@@ -181,8 +264,36 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
         tops = [top for part in parts for top in part]
         results = [{"items": [{"item_id": i, "score": s} for i, s in top], "fallback": None if h else POPULARITY,
                     "skipped": sk} for top, h, sk in zip(tops, known, skipped)]
-        content = results[0] if req.history is not None else {"results": results}
-        return Response(json.dumps(content), media_type="application/json")
+        return results[0] if req.history is not None else {"results": results}
+
+    # The response is serialised with json.dumps instead of being validated again against its model on
+    # the event loop, the busiest part of the service under load; the model stays in the docs.
+    @app.post("/recommend", response_class=JSONResponse,
+              responses={200: {"model": Recommendations | BatchRecommendations},
+                         413: {"description": "too many histories in one request, or a body over "
+                                              f"{limits.max_body_bytes:,} bytes"},
+                         422: {"description": "invalid request or unknown item ids (named in 'ids')"}})
+    async def recommend(req: RecommendRequest) -> Response:
+        """Top-k items after each history; an empty history gets the most popular items."""
+        return Response(json.dumps(await answer(req)), media_type="application/json")
+
+    async def recommend_asgi(scope, receive, send) -> None:
+        """POST /recommend without FastAPI's middleware, dependency and routing layers, which cost more
+        CPU per request than scoring does; same validation (the request model), same answers and errors."""
+        body = await _read_body(receive, limits.max_body_bytes)
+        if body is None:
+            return await _send_json(send, 413, {"detail": f"request body over {limits.max_body_bytes:,} bytes"})
+        try:
+            status, content = 200, await answer(_parse(RecommendRequest, body))
+        except RequestValidationError as e:
+            status, content = 422, _invalid_content(e.errors())
+        except HTTPException as e:
+            status, content = e.status_code, {"detail": e.detail}
+        except MP4SRError as e:
+            status, content = _error_content(e)
+        await _send_json(send, status, content)
+
+    app.fast_routes = {("POST", "/recommend"): recommend_asgi}
 
     @app.post("/items", response_model=AddItemsResponse, status_code=201,
               responses={400: {"description": "this model cannot add items (ID-only)"},

@@ -234,23 +234,27 @@ class Recommender:
                 out[idx] = self.model.full_sort_predict(batch).float().cpu()
         return out
 
-    def select_top(self, scores: torch.Tensor, histories: Sequence[Sequence[int]], k: int, exclude_seen: bool = True,
+    def select_top(self, scores: torch.Tensor, histories: Sequence[Sequence[int]], k: int | Sequence[int],
+                   exclude_seen: bool | Sequence[bool] = True,
                    candidates: Sequence[int] | None = None) -> list[list[tuple[str, float]]]:
         """The top-k (id, score) of each row of ``scores`` (changed in place), without the items of its
-        history when ``exclude_seen``, among ``candidates`` (item indexes) when given."""
-        if exclude_seen:
-            lengths = [len(h) for h in histories]
-            if sum(lengths):
-                rows = np.repeat(np.arange(len(histories)), lengths)
-                scores[rows, np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])] = -torch.inf
+        history when ``exclude_seen``, among ``candidates`` (item indexes) when given. ``k`` and
+        ``exclude_seen`` may be given per row (one top-k pass serves rows that ask for different k)."""
+        n = len(histories)
+        ks = np.broadcast_to(np.asarray(k, dtype=np.int64), (n,))
+        exclude = np.broadcast_to(np.asarray(exclude_seen, dtype=bool), (n,))
+        masked = [r for r in range(n) if exclude[r] and len(histories[r])]
+        if masked:
+            rows = np.repeat(masked, [len(histories[r]) for r in masked])
+            scores[rows, np.concatenate([np.asarray(histories[r], dtype=np.int64) for r in masked])] = -torch.inf
         if candidates is not None:
             allowed = torch.zeros(scores.shape[1], dtype=torch.bool)
             allowed[torch.as_tensor(list(candidates), dtype=torch.long)] = True
             scores.masked_fill_(~allowed, -torch.inf)
-        top, idx = topk_items(scores, k)
+        top, idx = topk_items(scores, int(ks.max(initial=1)))
         ids = self.item_ids[idx.numpy()]
-        return [[(i, s) for i, s in zip(row_ids, row_scores) if s != -np.inf]
-                for row_ids, row_scores in zip(ids.tolist(), top.tolist())]
+        return [[(i, s) for i, s in zip(row_ids[:row_k], row_scores[:row_k]) if s != -np.inf]
+                for row_k, row_ids, row_scores in zip(ks.tolist(), ids.tolist(), top.tolist())]
 
     # ------------------------------------------------------------------ new items
 
