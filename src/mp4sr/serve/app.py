@@ -169,7 +169,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 class _Service(FastAPI):
     """FastAPI, with a few hot routes answered by plain ASGI handlers in front of its middleware and
     router (``fast_routes``: (method, path) -> handler). The FastAPI routes of the same paths stay: they
-    document the API and serve it under a root path; both call the same code and answer alike."""
+    document the API and serve it under a root path; both call the same code and answer alike.
+    Middleware added to the app does not see the fast routes: clear ``fast_routes`` when adding some."""
 
     fast_routes: Mapping[tuple[str, str], Callable[..., Awaitable[None]]] = {}
 
