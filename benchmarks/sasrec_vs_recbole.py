@@ -47,6 +47,7 @@ def run_ours(dataset: str, mode: str, args) -> dict:
         "model=sasrec", f"dataset={dataset}", f"data.training_mode={mode}", f"train.epochs={args.epochs}",
         f"train.patience={args.patience}", f"train.batch_size={args.batch_size}", f"train.seed={args.seed}",
         "train.lr=1e-3", "train.weight_decay=0", "train.progress=false",
+        "train.clip_grad=null",  # RecBole's clip_grad_norm is None by default
     ])
     out = train_run(cfg, cache_dir() / "bench-sasrec" / f"{Path(dataset).name}-{mode}")
     trainer_values = torch.from_numpy(out.dataset.sequences.items)
