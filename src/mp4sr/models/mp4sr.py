@@ -328,18 +328,18 @@ class MP4SR(SequentialRecommender):
             loss = loss + cfg.cmcl_weight * cmcl_loss(a, b, last, cfg.tau)
         return loss
 
-    def _hidden(self, batch: SequenceBatch) -> dict[str, torch.Tensor]:
-        """[B, L, H] outputs per modality over the items' content, with their ID embeddings added on the
-        input side when the model has them (transductive fine-tuning)."""
+    def _hidden(self, batch: SequenceBatch, z_all: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """[B, L, H] outputs per modality over the items' content (``z_all``: ``all_item_reps()`` if
+        already computed), with their ID embeddings added on the input side when the model has them."""
         real = batch.tokens != PAD
         items_in = (batch.tokens - 1).clamp(min=0)
-        z_all = self.all_item_reps()
+        z_all = self.all_item_reps() if z_all is None else z_all
         extra = self._id_rows(items_in) * real.unsqueeze(-1) if self.id_embedding is not None else None
         return self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
 
-    def _output_items(self) -> dict[str, torch.Tensor]:
+    def _output_items(self, z_all: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """[n_items, H] normalised output side per modality: content, plus the ID embedding if any."""
-        z_all = self.all_item_reps()
+        z_all = self.all_item_reps() if z_all is None else z_all
         if self.id_embedding is None:
             return {m: F.normalize(z_all[m], dim=-1) for m in self.modalities}
         ids = self._id_rows(torch.arange(self.n_items, device=next(self.parameters()).device))
@@ -348,7 +348,8 @@ class MP4SR(SequentialRecommender):
     def _scores(self, batch: SequenceBatch, positions: torch.Tensor | None) -> torch.Tensor:
         """Scores of all items for the outputs at ``positions`` (a mask), or at the last positions:
         sum over modalities of cosine similarities (content only in pre-training)."""
-        h, items = self._hidden(batch), self._output_items()
+        z_all = self.all_item_reps()  # once: in training it is recomputed on every call
+        h, items = self._hidden(batch, z_all), self._output_items(z_all)
         scores = 0
         for m in self.modalities:
             out = h[m][positions] if positions is not None else last_positions(h[m], batch.lengths)
