@@ -159,10 +159,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse(status_code=422, content=_invalid_content(exc.errors()))
 
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        status, content = _error_content(exc)
+        return JSONResponse(status_code=status, content=content)
+
     for kind, *_ in ERRORS:
-        async def handler(_: Request, exc: Exception) -> JSONResponse:
-            status, content = _error_content(exc)
-            return JSONResponse(status_code=status, content=content)
         app.add_exception_handler(kind, handler)
 
 
