@@ -44,3 +44,27 @@ def test_real_dataset_trains_from_memory_mapped_sequences(tmp_path, scientific_m
                                              "params.hidden=16", "params.ffn=32"])
     one, two = train_run(cfg, dataset=ds), train_run(cfg, dataset=mapped)
     assert one.result.test == two.result.test
+
+
+def test_without_users_keeps_the_catalogue_and_the_other_sequences():
+    items = ItemCatalogue(np.array(["a", "b", "c", "d"]))
+    data = Dataset("toy", items, np.array(["u1", "u2", "u3"]), Sequences.from_lists([[0, 1], [2, 3, 1], [3]]))
+    kept = data.without_users(["u2", "nobody"])
+    assert list(kept.user_ids) == ["u1", "u3"] and kept.items is items
+    assert [list(kept.sequences[u]) for u in range(kept.n_users)] == [[0, 1], [3]]
+    assert data.without_users([]) is data
+
+
+def test_a_source_without_the_targets_users(scientific, scientific_mm):
+    from mp4sr.data import exclude_users_of
+
+    source = exclude_users_of(scientific, [scientific_mm.source])
+    assert source.n_users == scientific.n_users - scientific_mm.n_users == 5514
+    assert not set(source.user_ids) & set(scientific_mm.user_ids)
+    assert source.n_items == scientific.n_items
+    kept = {str(u): source.sequences[i].tolist() for i, u in enumerate(source.user_ids)}
+    for i, u in enumerate(scientific.user_ids[:200]):
+        if str(u) in kept:
+            assert kept[str(u)] == scientific.sequences[i].tolist()
+    with pytest.raises(DataError, match="every user"):
+        exclude_users_of(scientific_mm, [scientific.source])

@@ -84,6 +84,34 @@ def test_plan_shares_pretraining_and_keys_do_not_depend_on_the_folder(tmp_path):
     assert not {r.key for r in changed.runs} & {r.key for r in plan.runs}
 
 
+def test_pretraining_on_another_dataset(tmp_path):
+    source = {"dataset": "amazon-scientific", "data": {"exclude_users_of": ["amazon-scientific-mm"]}}
+    tree = {**TINY, "seeds": [1], "models": [{"name": "mp4sr", "pretrain": source}]}
+    plan = make_plan(load_spec(_write(tmp_path / "transfer.yaml", tree)), tmp_path)
+    pre, final = plan.runs
+    assert (pre.stage, pre.dataset.name, pre.config.dataset) == ("pretrain", "amazon-scientific", "amazon-scientific")
+    assert pre.config.data.exclude_users_of == ["amazon-scientific-mm"]
+    assert (final.dataset.name, final.config.data.exclude_users_of) == ("amazon-scientific-mm", [])
+    assert final.config.init_from == str(tmp_path / pre.key / "best.pt")
+    here = make_plan(load_spec(_write(tmp_path / "here.yaml", {**tree, "models": [{"name": "mp4sr", "pretrain": {}}]})),
+                     tmp_path)
+    assert here.runs[0].dataset.name == "amazon-scientific-mm" and here.runs[0].key != pre.key
+    wrong = {**tree, "models": [{"name": "mp4sr", "shared": {"dataset": "amazon-scientific"}}]}
+    with pytest.raises(ConfigError, match="only a pre-training stage"):
+        make_plan(load_spec(_write(tmp_path / "wrong.yaml", wrong)), tmp_path)
+
+
+def test_keys_of_stored_runs_stay_the_same(tmp_path):
+    """A run's key names its folder: if keys change, resuming retrains every stored run. Settings added
+    later are left out of the key at their default, so this key is the one it has always been."""
+    from mp4sr.experiment.spec import run_key
+
+    run = make_plan(load_spec(_write(tmp_path / "tiny.yaml", {**TINY, "seeds": [1]})), tmp_path).runs[1]
+    assert run.entry == "sasrec" and run.key == "d1863abd6ffa"
+    data = run.config.data.model_copy(update={"exclude_users_of": ["amazon-scientific"]})
+    assert run_key(run.config.model_copy(update={"data": data}), run.dataset, run.pretrain_key) != run.key
+
+
 def test_mistakes_fail_before_anything_trains(tmp_path):
     bad = {**TINY, "models": [{"name": "sasrec", "params": {"hiden": 3}}]}
     with pytest.raises(ConfigError, match="hiden"):

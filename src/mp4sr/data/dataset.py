@@ -132,6 +132,20 @@ class Dataset:
     def n_interactions(self) -> int:
         return len(self.sequences.items)
 
+    def without_users(self, user_ids) -> "Dataset":
+        """The same catalogue with the users of ``user_ids`` (external ids) and their sequences removed;
+        ids not in the dataset are ignored."""
+        drop = {str(u) for u in user_ids}
+        keep = np.fromiter((str(u) not in drop for u in self.user_ids), dtype=bool, count=self.n_users)
+        if keep.all():
+            return self
+        lengths = self.sequences.lengths[keep]
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        rows = np.repeat(keep, self.sequences.lengths)
+        return Dataset(self.name, self.items, self.user_ids[keep], Sequences(offsets, self.sequences.items[rows]),
+                       self.source, dict(self.extras))
+
     def summary(self) -> dict[str, float | int | str]:
         lengths = self.sequences.lengths
         return {

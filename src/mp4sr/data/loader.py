@@ -75,3 +75,16 @@ def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Da
         "a RecBole atomic <name>.inter, interactions.csv|parquet, or one S3-Rec <name>.txt",
         path,
     )
+
+
+def exclude_users_of(dataset: Dataset, others: list[str | Path], user_core: int = 5, item_core: int = 0) -> Dataset:
+    """``dataset`` without the users (matched on their external ids) of the datasets ``others``: a source
+    for pre-training that shares no user with the target it is fine-tuned on."""
+    drop: set[str] = set()
+    for other in others:
+        drop.update(str(u) for u in load_dataset(other, user_core, item_core).user_ids)
+    kept = dataset.without_users(drop)
+    if kept.n_users == 0:
+        raise DataError(f"dataset {dataset.name}: every user also belongs to {', '.join(map(str, others))}")
+    return kept
+

@@ -26,7 +26,9 @@ An entry's own RunConfig sections (``params``, ``train``, ``data``, ``features``
 its final (fine-tuning) stage. Layers, later wins: the model's stage defaults (MP4SR's
 PRETRAIN_DEFAULTS / FINETUNE_DEFAULTS, a model class's ``stage_defaults``) < ``defaults`` (<
 ``pretrain_defaults``) < ``shared`` < the stage's own settings < the grid point < command-line
-overrides. ``pretrain: null`` in an entry that extends another removes the pre-training stage.
+overrides. ``pretrain: null`` in an entry that extends another removes the pre-training stage. A pre-training stage
+may name its own ``dataset`` (transfer: pre-train there, fine-tune on each of the experiment's datasets),
+e.g. ``pretrain: {dataset: amazon-scientific, data: {exclude_users_of: [amazon-scientific-mm]}}``.
 
 Every run is keyed by a hash of its full configuration (and of its pre-training run's key): runs that
 two entries share (one pre-training for several fine-tunings) are trained once.
@@ -52,6 +54,9 @@ from mp4sr.models.base import model_class, parse_model_config
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 # Settings that change how a run is shown or how fast it goes, never its results: not in the key.
 VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
+# Settings added after runs were first stored: left out of the key while at their default, so that the
+# runs stored before a setting existed keep their keys.
+KEY_OMIT_DEFAULT = {"data": {"exclude_users_of": []}}
 Role = Literal["baseline", "reference", "ablation"]
 
 
@@ -245,6 +250,12 @@ def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetS
     tree = stage_defaults(entry.model, "pretrain" if stage == "pretrain" else "finetune")
     for layer in layers:
         tree = deep_merge(tree, layer)
+    source = tree.pop("dataset", None)
+    if source is not None:
+        if stage != "pretrain":
+            raise ConfigError(f"entry {entry.name!r}: only a pre-training stage names its own dataset; the final "
+                              "stage runs on each of the experiment's datasets")
+        dataset = DatasetSpec(name=str(source))  # pre-training on another dataset (transfer)
     fixed: dict[str, Any] = {"model": entry.model, "dataset": dataset.name, "train": {"seed": seed}}
     if pre is not None:
         fixed["init_from"] = str(runs_dir / pre.key / "best.pt")
@@ -257,6 +268,10 @@ def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetS
 def run_key(config: RunConfig, dataset: DatasetSpec, pretrain_key: str | None) -> str:
     """12 hex digits of a hash of everything that determines the run's results."""
     tree = config.model_dump(mode="json")
+    for section, defaults in KEY_OMIT_DEFAULT.items():
+        for name, default in defaults.items():
+            if tree[section].get(name) == default:
+                del tree[section][name]
     tree["init_from"] = pretrain_key  # the pre-training run, not where its folder happens to be
     for section, names in VOLATILE.items():
         for name in names:

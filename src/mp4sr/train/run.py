@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ import torch
 import yaml
 
 from mp4sr.config import RunConfig
-from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
+from mp4sr.data import Dataset, LeaveOneOut, exclude_users_of, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.train import distributed
 from mp4sr.train.checkpoint import feature_manifest
 from mp4sr.train.trainer import Trainer, TrainResult, seed_everything
+
+log = logging.getLogger("mp4sr.train")
 
 
 @dataclass
@@ -74,6 +77,11 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``.
     ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings)."""
     dataset = dataset or load_dataset(config.dataset, config.data.user_core, config.data.item_core)
+    if config.data.exclude_users_of:
+        n_users = dataset.n_users
+        dataset = exclude_users_of(dataset, config.data.exclude_users_of, config.data.user_core, config.data.item_core)
+        log.info("%s: %d users of %s left out, %d users remain", dataset.name, n_users - dataset.n_users,
+                 ", ".join(config.data.exclude_users_of), dataset.n_users)
     split = leave_one_out(dataset)
     features = None
     if getattr(model_class(config.model), "needs_features", False):
