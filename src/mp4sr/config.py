@@ -27,6 +27,10 @@ class DataSettings(Section):
     )
     user_core: int = Field(5, ge=1, description="minimum interactions per user for raw logs")
     item_core: int = Field(0, ge=0, description="minimum interactions per item for raw logs")
+    join_datasets: list[str] = Field(
+        default_factory=list, description="more datasets whose users and items join this one's (pre-training on "
+        "several domains); ids become '<dataset>/<id>'"
+    )
     exclude_users_of: list[str] = Field(
         default_factory=list, description="datasets whose users are dropped from this one (pre-training on a "
         "source that shares no user with the target)"

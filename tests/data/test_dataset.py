@@ -68,3 +68,19 @@ def test_a_source_without_the_targets_users(scientific, scientific_mm):
             assert kept[str(u)] == scientific.sequences[i].tolist()
     with pytest.raises(DataError, match="every user"):
         exclude_users_of(scientific_mm, [scientific.source])
+
+
+def test_joined_datasets_keep_ids_apart():
+    from mp4sr.data import join_datasets
+
+    a = Dataset("a", ItemCatalogue(np.array(["i", "j"]), text=["I", "J"]), np.array(["u"]), Sequences.from_lists([[0, 1, 0]]))
+    b = Dataset("b", ItemCatalogue(np.array(["i", "k", "l"]), image_paths=["p", None, "q"]), np.array(["u", "v"]),
+                Sequences.from_lists([[2, 1], [0]]))
+    joined = join_datasets([a, b])
+    assert joined.name == "a+b" and list(joined.items.ids) == ["a/i", "a/j", "b/i", "b/k", "b/l"]
+    assert list(joined.user_ids) == ["a/u", "b/u", "b/v"]
+    assert [joined.sequences[u].tolist() for u in range(3)] == [[0, 1, 0], [4, 3], [2]]
+    assert joined.items.text == ["I", "J", "", "", ""]
+    assert joined.items.image_paths == [None, None, "p", None, "q"]
+    with pytest.raises(DataError, match="same name"):
+        join_datasets([a, a])

@@ -89,3 +89,25 @@ def test_unreadable_store_is_a_data_error(cache):
     (path / "mask.npy").write_bytes(b"garbage")
     with pytest.raises(DataError, match="rebuild"):
         FeatureStore.load(path)
+
+
+def test_joined_store_puts_the_parts_one_after_the_other(cache):
+    from mp4sr.features.store import join_stores
+
+    first = _store(store_dir("a", "text", "test"))  # 4 items, 2 slots
+    second = write_store(store_dir("b", "text", "test"), np.full((1, 4), 7, np.float32), np.array([[0], [-1]]),
+                         ["x", "y"], {"modality": "text", "encoder": "test", "mode": "sentences", "input_hash": "h2"})
+    ids = [f"a/{i}" for i in IDS] + ["b/x", "b/y", "c/z"]
+    joined = join_stores("a+b+c", "text", [first, second, None], [4, 2, 1], ids)
+    assert joined.vectors.shape == (7, 2, 4) and joined.item_ids == ids
+    np.testing.assert_array_equal(joined.vectors[:4], first.vectors)
+    np.testing.assert_array_equal(joined.mask[:4], first.mask)
+    assert joined.mask[4:].tolist() == [[True, False], [False, False], [False, False]]
+    np.testing.assert_array_equal(joined.vectors[4, 0], [7, 7, 7, 7])
+    again = join_stores("a+b+c", "text", [first, second, None], [4, 2, 1], ids)
+    assert again.path == joined.path and not again.computed  # reused while the parts are unchanged
+    assert join_stores("c", "text", [None], [1], ["c/z"]) is None
+    wide = write_store(store_dir("w", "text", "test"), np.ones((1, 5), np.float32), np.array([[0]]), ["w"],
+                       {"modality": "text", "encoder": "other", "mode": "sentences", "input_hash": "h3"})
+    with pytest.raises(DataError, match="different sizes"):
+        join_stores("a+w", "text", [first, wide], [4, 1], ids[:4] + ["w/w"])

@@ -157,3 +157,30 @@ class Dataset:
             "max_length": int(lengths.max()) if len(lengths) else 0,
             "density": self.n_interactions / max(1, self.n_users * self.n_items),
         }
+
+
+def join_datasets(parts: "list[Dataset]") -> Dataset:
+    """One dataset holding the users and items of several (e.g. pre-training on several domains). Ids are
+    prefixed with their dataset's name (``name/id``), so two datasets' items or users never merge; item
+    indexes follow the order of ``parts``."""
+    names = [d.name for d in parts]
+    if len(set(names)) != len(names):
+        raise DataError(f"cannot join datasets of the same name: {', '.join(names)}")
+    offsets = np.cumsum([0] + [d.n_items for d in parts])
+    text = None
+    if any(d.items.text is not None for d in parts):
+        text = [t for d in parts for t in (d.items.text or [""] * d.n_items)]
+    fields = {name: [v for d in parts for v in d.items.fields.get(name, [""] * d.n_items)]
+              for name in dict.fromkeys(f for d in parts for f in d.items.fields)}
+    images = None
+    if any(d.items.image_paths is not None for d in parts):
+        images = [v for d in parts for v in (d.items.image_paths or [None] * d.n_items)]
+    items = ItemCatalogue(np.array([f"{d.name}/{i}" for d in parts for i in d.items.ids], dtype=object),
+                          text=text, fields=fields, image_paths=images)
+    users = np.array([f"{d.name}/{u}" for d in parts for u in d.user_ids], dtype=object)
+    lengths = np.concatenate([d.sequences.lengths for d in parts])
+    seq_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=seq_offsets[1:])
+    seq_items = np.concatenate([d.sequences.items + off for d, off in zip(parts, offsets)])
+    return Dataset("+".join(names), items, users, Sequences(seq_offsets, seq_items))
+

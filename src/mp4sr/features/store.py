@@ -244,6 +244,45 @@ def write_store(
     return FeatureStore.load(path)
 
 
+def join_stores(name: str, modality: str, stores: Sequence[FeatureStore | None], sizes: Sequence[int],
+                item_ids: Sequence[Any]) -> FeatureStore | None:
+    """One store for the items of joined datasets (``join_datasets``): the rows of ``stores`` one after
+    the other (``sizes[i]`` items each; a dataset without a store gets absent rows). Written under the
+    cache and reused while its parts are unchanged; None when no part has a store."""
+    present = [s for s in stores if s is not None]
+    if not present:
+        return None
+    dims = sorted({s.dim for s in present})
+    if len(dims) > 1:
+        raise DataError(f"cannot join {modality} vectors of different sizes ({', '.join(map(str, dims))}): the joined "
+                        "datasets need vectors from the same encoder")
+    for s, n in zip(stores, sizes):
+        if s is not None and s.n_items != n:
+            raise DataError(f"internal: a {modality} store of {s.n_items} items for a dataset of {n}", s.path)
+    input_hash = digest([s.manifest.get("input_hash") if s else None for s in stores], list(sizes), FORMAT_VERSION)
+    encoders = list(dict.fromkeys(str(s.manifest.get("encoder")) for s in present))
+    path = store_dir(name, modality, f"join-{input_hash[:16]}")
+    found = reusable(path, input_hash)
+    if found is not None:
+        return found
+    k = max(s.max_vectors for s in present)
+    tables, slots, rows = [], [], 0
+    for s, n in zip(stores, sizes):
+        part = np.full((n, k), -1, dtype=np.int64)
+        if s is not None:
+            mask = np.asarray(s.mask, dtype=bool)
+            tables.append(np.asarray(s.vectors[mask], dtype=np.float32))
+            part[:, : s.max_vectors][mask] = rows + np.arange(int(mask.sum()))
+            rows += int(mask.sum())
+        slots.append(part)
+    manifest = {
+        "modality": modality, "dataset": name, "encoder": " + ".join(encoders), "mode": "joined",
+        "sources": [str(s.path) if s else None for s in stores], "input_hash": input_hash,
+    }
+    return write_store(path, np.concatenate(tables), np.concatenate(slots), item_ids, manifest,
+                       dtype="float32" if any(s.manifest.get("dtype") == "float32" for s in present) else "float16")
+
+
 def _replace_dir(new: Path, target: Path) -> None:
     """Move ``new`` to ``target``; an older store there is moved aside first (a folder can't be
     renamed over a non-empty one), so ``target`` is always either complete or absent."""

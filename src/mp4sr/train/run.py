@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from mp4sr.config import RunConfig
-from mp4sr.data import Dataset, LeaveOneOut, exclude_users_of, leave_one_out, load_dataset
+from mp4sr.data import Dataset, LeaveOneOut, exclude_users_of, join_datasets, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.train import distributed
@@ -44,15 +44,27 @@ def checkpoint_payload(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
     }
 
 
-def dataset_features(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
-    """The dataset's feature stores (computed or imported once, then read from the cache)."""
+def dataset_features(config: RunConfig, dataset: Dataset, parts: list[Dataset] | None = None) -> dict[str, Any]:
+    """The dataset's feature stores (computed or imported once, then read from the cache). ``parts``: the
+    datasets that ``dataset`` joins, whose stores are computed one by one and then joined."""
     from mp4sr.features import feature_stores
+    from mp4sr.features.store import join_stores
 
     f = config.features
-    stores = feature_stores(
-        dataset, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
-        max_vectors=f.max_vectors, progress=config.train.progress,
-    )
+
+    def stores_of(data: Dataset) -> dict[str, Any]:
+        return feature_stores(
+            data, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
+            max_vectors=f.max_vectors, progress=config.train.progress,
+        )
+
+    if parts and len(parts) > 1:
+        each = [stores_of(part) for part in parts]
+        sizes = [part.n_items for part in parts]
+        stores = {m: join_stores(dataset.name, m, [s[m] for s in each], sizes, dataset.items.ids)
+                  for m in ("text", "image")}
+    else:
+        stores = stores_of(dataset)
     found = {m: s for m, s in stores.items() if s is not None}
     for store in found.values():
         store.check_matches(dataset.items.ids)
@@ -72,22 +84,35 @@ def load_encoder(model, checkpoint: str | Path) -> None:
     model.load_pretrained(state["state_dict"])
 
 
+def run_dataset(config: RunConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[Dataset]]:
+    """The data a run trains on: ``config.dataset`` (or ``dataset``, already loaded) joined with
+    ``data.join_datasets``, each without the users of ``data.exclude_users_of``; and the parts joined."""
+    d = config.data
+    parts = [dataset or load_dataset(config.dataset, d.user_core, d.item_core)]
+    parts += [load_dataset(name, d.user_core, d.item_core) for name in d.join_datasets]
+    if d.exclude_users_of:
+        for i, part in enumerate(parts):
+            parts[i] = exclude_users_of(part, d.exclude_users_of, d.user_core, d.item_core)
+            log.info("%s: %d users of %s left out, %d remain", part.name, part.n_users - parts[i].n_users,
+                     ", ".join(d.exclude_users_of), parts[i].n_users)
+    if len(parts) == 1:
+        return parts[0], parts
+    joined = join_datasets(parts)
+    log.info("joined %s: %d users, %d items", joined.name, joined.n_users, joined.n_items)
+    return joined, parts
+
+
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
               context_extras: dict[str, Any] | None = None, resume: bool = False) -> RunOutput:
     """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``.
     ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings)."""
-    dataset = dataset or load_dataset(config.dataset, config.data.user_core, config.data.item_core)
-    if config.data.exclude_users_of:
-        n_users = dataset.n_users
-        dataset = exclude_users_of(dataset, config.data.exclude_users_of, config.data.user_core, config.data.item_core)
-        log.info("%s: %d users of %s left out, %d users remain", dataset.name, n_users - dataset.n_users,
-                 ", ".join(config.data.exclude_users_of), dataset.n_users)
+    dataset, parts = run_dataset(config, dataset)
     split = leave_one_out(dataset)
     features = None
     if getattr(model_class(config.model), "needs_features", False):
         if not distributed.is_main():  # rank 0 computes (or imports) and caches them first
             distributed.barrier()
-        features = dataset_features(config, dataset)
+        features = dataset_features(config, dataset, parts)
         if distributed.is_main():
             distributed.barrier()
     context = ModelContext(

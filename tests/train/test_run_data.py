@@ -1,0 +1,43 @@
+"""What a run trains on: several datasets joined (pre-training on several domains) and a source without
+the target's users, followed by fine-tuning on the target."""
+
+import torch
+
+from mp4sr.config import RunConfig, build_config
+from mp4sr.train.run import run_dataset, train_run
+
+TINY = {"hidden": 16, "ffn": 32, "modalities": ["image"]}
+
+
+def _config(**tree) -> RunConfig:
+    base = {"model": "mp4sr", "features": {"text": None},
+            "train": {"epochs": 1, "batch_size": 1024, "progress": False, "threads": 1}}
+    return build_config(RunConfig, base={**base, **tree})
+
+
+def test_a_source_without_the_targets_users():
+    config = _config(dataset="amazon-scientific", data={"exclude_users_of": ["amazon-scientific-mm"]})
+    dataset, parts = run_dataset(config)
+    assert dataset.n_users == 8442 - 2928 and dataset.n_items == 4385 and parts == [dataset]
+
+
+def test_pretraining_on_joined_datasets_then_fine_tuning_on_one_of_them(tmp_path):
+    pre = _config(dataset="amazon-scientific-mm", data={"join_datasets": ["amazon-scientific"]},
+                  params={**TINY, "stage": "pretrain"})
+    out = train_run(pre, tmp_path / "pre")
+    assert out.dataset.name == "amazon-scientific-mm+amazon-scientific"
+    assert out.dataset.n_items == 1585 + 4385 and out.dataset.n_users == 2928 + 8442
+    ckpt = torch.load(tmp_path / "pre" / "best.pt", map_location="cpu", weights_only=True)
+    assert len(ckpt["item_ids"]) == 5970
+    assert ckpt["item_ids"][0].startswith("amazon-scientific-mm/") and ckpt["item_ids"][-1].startswith("amazon-scientific/")
+    image = ckpt["features"]["image"]
+    assert image["mode"] == "joined" and image["shape"] == [5970, 1, 512]
+    fine = _config(dataset="amazon-scientific-mm", init_from=str(tmp_path / "pre"), params={**TINY, "stage": "finetune"})
+    fine.train.epochs = 0  # the fine-tuning model as it starts: the joined pre-training's encoder
+    tuned = train_run(fine, tmp_path / "fine")
+    assert tuned.dataset.n_items == 1585
+    state = tuned.model.state_dict()
+    shared = [k for k in ckpt["state_dict"] if k in state]
+    assert len(shared) == len(ckpt["state_dict"]) and "id_embedding.weight" in set(state) - set(shared)
+    for name in shared:
+        assert torch.equal(state[name], ckpt["state_dict"][name]), name
