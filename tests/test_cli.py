@@ -1,5 +1,7 @@
 import json
 
+import yaml
+
 from typer.testing import CliRunner
 
 from mp4sr.cli import app
@@ -27,3 +29,20 @@ def test_unknown_dataset_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["train", "--dataset", "nope", "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "not found" in str(result.exception)
+
+
+def test_run_pretrains_on_another_dataset(tmp_path):
+    out = tmp_path / "run"
+    tiny = ["params.hidden=16", "params.ffn=32", "params.modalities=[image]", "train.epochs=1", "train.progress=false"]
+    args = ["run", "--dataset", "amazon-scientific-mm", "--out", str(out), "--pretrain-dataset", "amazon-scientific",
+            "--set", "features.text=null"]
+    args += [a for kv in tiny for a in ("--set", kv)]
+    args += [a for kv in tiny + ["data.exclude_users_of=[amazon-scientific-mm]"] for a in ("--pretrain-set", kv)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    pre = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
+    assert pre["dataset"] == "amazon-scientific" and pre["data"]["exclude_users_of"] == ["amazon-scientific-mm"]
+    fine = yaml.safe_load((out / "finetune" / "config.yaml").read_text())
+    assert fine["dataset"] == "amazon-scientific-mm" and fine["init_from"] == str(out / "pretrain" / "best.pt")
+    report = (out / "report.md").read_text()
+    assert "test on amazon-scientific (without the users of amazon-scientific-mm)" in report

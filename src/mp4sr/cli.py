@@ -117,7 +117,8 @@ def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[
     main = _start_distributed()
     out = out or default_out_dir(kind, cfg.dataset, cfg.model)
     if main:
-        console.print(f"{kind} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
+        joined = "".join(f" + [bold]{name}[/]" for name in cfg.data.join_datasets)
+        console.print(f"{kind} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/]{joined} -> {out}")
     output = train_run(cfg, out, resume=resume and (out / "last.pt").is_file())
     if main:
         _out_console().print(metrics_table(output.metrics(), f"{kind}: {cfg.model} on {cfg.dataset} (best epoch {output.result.best_epoch})"))
@@ -150,6 +151,8 @@ def finetune(
 def run(
     dataset: str = DatasetOpt,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML applied to both stages."),
+    pretrain_dataset: Optional[str] = typer.Option(
+        None, "--pretrain-dataset", help="Pre-train on this dataset instead (transfer; its item vectors must come from the same encoders)."),
     pretrain_set: Optional[list[str]] = typer.Option(None, "--pretrain-set", help="key=value for pre-training only."),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="key=value for fine-tuning (and both stages' shared keys)."),
     out: Optional[Path] = OutOpt,
@@ -163,7 +166,8 @@ def run(
     main = _start_distributed()
     out = out or default_out_dir("run", dataset, "mp4sr")
     shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
-    pre_cfg, pre, _ = _stage("pretrain", dataset, config, shared + (pretrain_set or []), out / "pretrain", resume=resume)
+    pre_cfg, pre, _ = _stage("pretrain", pretrain_dataset or dataset, config, shared + (pretrain_set or []),
+                             out / "pretrain", resume=resume)
     fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune",
                              init_from=str(out / "pretrain" / "best.pt"), resume=resume)
     if not main:

@@ -16,8 +16,19 @@ def metrics_markdown(rows: dict[str, dict[str, float]], ks=(5, 10, 20, 50)) -> s
     return "\n".join(lines)
 
 
+def pretraining_data(cfg) -> str:
+    """What a pre-training ran on, in words: its dataset, any joined ones, any users left out."""
+    text = " + ".join([cfg.dataset, *cfg.data.join_datasets])
+    if cfg.data.exclude_users_of:
+        text += f" (without the users of {', '.join(cfg.data.exclude_users_of)})"
+    return text
+
+
 def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, Any], pre_cfg, fin_cfg) -> Path:
     """Write ``out/report.md`` and return its path."""
+    source = pretraining_data(pre_cfg)
+    pre_label = "pre-trained (content only), test" if source == fin_cfg.dataset else \
+        f"pre-trained (content only), test on {source}"
     text = [
         f"# MP4SR on {fin_cfg.dataset}",
         "",
@@ -25,12 +36,12 @@ def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, An
         f"(selected on {fin_cfg.train.valid_metric}).",
         "",
         metrics_markdown({
-            "pre-trained (content only), test": pretrain["test"],
+            pre_label: pretrain["test"],
             "fine-tuned, valid": finetune["valid"],
             "fine-tuned, test": finetune["test"],
         }, fin_cfg.eval.ks),
         "",
-        f"- pre-training: best epoch {pretrain['best_epoch']}, modalities {pre_cfg.params.get('modalities', ['text', 'image'])}",
+        f"- pre-training on {source}: best epoch {pretrain['best_epoch']}, modalities {pre_cfg.params.get('modalities', ['text', 'image'])}",
         f"- fine-tuning: best epoch {finetune['best_epoch']}, "
         f"{'transductive' if fin_cfg.params.get('id_embedding', True) else 'inductive'}",
         f"- checkpoints: `{out / 'pretrain' / 'best.pt'}`, `{out / 'finetune' / 'best.pt'}`",
