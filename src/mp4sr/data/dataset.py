@@ -159,7 +159,7 @@ class Dataset:
         }
 
 
-def join_datasets(parts: "list[Dataset]") -> Dataset:
+def join_datasets(parts: list[Dataset]) -> Dataset:
     """One dataset holding the users and items of several (e.g. pre-training on several domains). Ids are
     prefixed with their dataset's name (``name/id``), so two datasets' items or users never merge; item
     indexes follow the order of ``parts``."""
