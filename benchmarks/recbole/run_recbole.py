@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run RecBole 1.2.1's SASRec on a fixed UniSRec-layout train/valid/test split.
+"""Run RecBole 1.2.1's SASRec (or GRU4Rec, BERT4Rec) on a fixed UniSRec-layout train/valid/test split.
 
 Run with the python of the virtualenv made by ``setup_env.sh`` (it holds
 recbole==1.2.1 and its pinned dependencies; the mp4sr venv does not).
@@ -29,6 +29,7 @@ from pathlib import Path
 
 SPLITS = ("train", "valid", "test")
 METRIC_KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+MODELS = ("SASRec", "GRU4Rec", "BERT4Rec")
 
 
 def parse_args(argv=None):
@@ -37,6 +38,9 @@ def parse_args(argv=None):
                    help="UniSRec-layout folder with <name>.{train,valid,test}.inter")
     p.add_argument("--dataset-name", default="Scientific",
                    help="file prefix inside --data-dir (default: Scientific)")
+    p.add_argument("--model", default="SASRec", choices=MODELS,
+                   help="RecBole model; SASRec's settings are spelled out below, the others take RecBole's defaults")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (RecBole's default 1e-3)")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=None,
                    help="RecBole stopping_step: stop after this many evaluations without a "
@@ -107,7 +111,7 @@ def main(argv=None):
     import recbole
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
-    from recbole.model.sequential_recommender import SASRec
+    from recbole.model import sequential_recommender
     from recbole.trainer import Trainer
     from recbole.utils import init_logger, init_seed
 
@@ -136,23 +140,13 @@ def main(argv=None):
         "item_inter_num_interval": "[0,inf)",
         "rm_dup_inter": None,
         "val_interval": None,
-        # SASRec, RecBole defaults (recbole/properties/model/SASRec.yaml), spelled out
-        "n_layers": 2,
-        "n_heads": 2,
-        "hidden_size": 64,
-        "inner_size": 256,
-        "hidden_dropout_prob": 0.5,
-        "attn_dropout_prob": 0.5,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-12,
-        "initializer_range": 0.02,
         "loss_type": "CE",
         "train_neg_sample_args": None,  # RecBole requires None for CE (softmax over all items)
         # training
         "epochs": args.epochs,
         "train_batch_size": args.train_batch_size,
         "learner": "adam",
-        "learning_rate": 0.001,
+        "learning_rate": args.lr,
         "weight_decay": 0.0,
         "eval_step": 1,
         "stopping_step": args.patience if args.patience is not None else 10**9,
@@ -169,6 +163,11 @@ def main(argv=None):
         "eval_batch_size": args.eval_batch_size,
         "metric_decimal_place": 6,
     }
+    if args.model == "SASRec":  # RecBole's defaults (recbole/properties/model/SASRec.yaml), spelled out
+        config_dict.update({
+            "n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256, "hidden_dropout_prob": 0.5,
+            "attn_dropout_prob": 0.5, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02,
+        })
     # History masking: for *sequential* models RecBole 1.2.1 does NOT mask the
     # user's previously interacted items in full ranking.
     # FullSortEvalDataLoader only builds uid2history_item when
@@ -177,7 +176,7 @@ def main(argv=None):
     # (column 0) to -inf. Every real item, including items already in the
     # query's item_id_list, competes; each valid/test row is one query whose
     # single positive is its item_id.
-    config = Config(model="SASRec", dataset=name, config_dict=config_dict)
+    config = Config(model=args.model, dataset=name, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = logging.getLogger()
@@ -189,7 +188,7 @@ def main(argv=None):
         logger.warning(f"RecBole sees {n_rows['train']} training rows, file has {expected_train_rows}")
 
     init_seed(config["seed"], config["reproducibility"])
-    model = SASRec(config, train_data.dataset).to(config["device"])
+    model = getattr(sequential_recommender, args.model)(config, train_data.dataset).to(config["device"])
     trainer = Trainer(config, model)
 
     # --- timing hooks -------------------------------------------------------
@@ -256,6 +255,8 @@ def main(argv=None):
         "n_train_rows_in_file": expected_train_rows,
         "n_items": int(dataset.item_num - 1),  # RecBole's item_num counts the [PAD] id 0
         "n_users": int(dataset.user_num - 1),
+        "model": args.model,
+        "learning_rate": args.lr,
         "max_seq_length": int(model.max_seq_length),
         "train_batch_size": args.train_batch_size,
         "eval_batch_size": args.eval_batch_size,
