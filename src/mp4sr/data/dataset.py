@@ -59,9 +59,14 @@ class Sequences:
     @classmethod
     def from_lists(cls, seqs: list[list[int]] | list[np.ndarray]) -> "Sequences":
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
         items = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs]) if seqs else np.zeros(0, np.int64)
+        return cls.from_lengths(lengths, items)
+
+    @classmethod
+    def from_lengths(cls, lengths: np.ndarray, items: np.ndarray) -> "Sequences":
+        """Sequences of the given lengths, one after the other in ``items``."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         return cls(offsets, items)
 
     @property
@@ -139,12 +144,9 @@ class Dataset:
         keep = np.fromiter((str(u) not in drop for u in self.user_ids), dtype=bool, count=self.n_users)
         if keep.all():
             return self
-        lengths = self.sequences.lengths[keep]
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
         rows = np.repeat(keep, self.sequences.lengths)
-        return Dataset(self.name, self.items, self.user_ids[keep], Sequences(offsets, self.sequences.items[rows]),
-                       self.source, dict(self.extras))
+        sequences = Sequences.from_lengths(self.sequences.lengths[keep], self.sequences.items[rows])
+        return Dataset(self.name, self.items, self.user_ids[keep], sequences, self.source, dict(self.extras))
 
     def summary(self) -> dict[str, float | int | str]:
         lengths = self.sequences.lengths
@@ -178,9 +180,7 @@ def join_datasets(parts: list[Dataset]) -> Dataset:
     items = ItemCatalogue(np.array([f"{d.name}/{i}" for d in parts for i in d.items.ids], dtype=object),
                           text=text, fields=fields, image_paths=images)
     users = np.array([f"{d.name}/{u}" for d in parts for u in d.user_ids], dtype=object)
-    lengths = np.concatenate([d.sequences.lengths for d in parts])
-    seq_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=seq_offsets[1:])
-    seq_items = np.concatenate([d.sequences.items + off for d, off in zip(parts, offsets)])
-    return Dataset("+".join(names), items, users, Sequences(seq_offsets, seq_items))
+    sequences = Sequences.from_lengths(np.concatenate([d.sequences.lengths for d in parts]),
+                                       np.concatenate([d.sequences.items + off for d, off in zip(parts, offsets)]))
+    return Dataset("+".join(names), items, users, sequences)
 
