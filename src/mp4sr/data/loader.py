@@ -77,14 +77,17 @@ def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Da
     )
 
 
-def exclude_users_of(dataset: Dataset, others: list[str | Path], user_core: int = 5, item_core: int = 0) -> Dataset:
+def users_of(datasets: list[str | Path], user_core: int = 5, item_core: int = 0) -> set[str]:
+    """The external ids of every user of ``datasets``."""
+    return {str(u) for name in datasets for u in load_dataset(name, user_core, item_core).user_ids}
+
+
+def exclude_users_of(dataset: Dataset, others: list[str | Path], user_core: int = 5, item_core: int = 0,
+                     drop: set[str] | None = None) -> Dataset:
     """``dataset`` without the users (matched on their external ids) of the datasets ``others``: a source
-    for pre-training that shares no user with the target it is fine-tuned on."""
-    drop: set[str] = set()
-    for other in others:
-        drop.update(str(u) for u in load_dataset(other, user_core, item_core).user_ids)
-    kept = dataset.without_users(drop)
+    for pre-training that shares no user with the target it is fine-tuned on. ``drop``: those ids, when
+    already read (``users_of``)."""
+    kept = dataset.without_users(users_of(others, user_core, item_core) if drop is None else drop)
     if kept.n_users == 0:
         raise DataError(f"dataset {dataset.name}: every user also belongs to {', '.join(map(str, others))}")
     return kept
-

@@ -13,6 +13,7 @@ import yaml
 
 from mp4sr.config import RunConfig
 from mp4sr.data import Dataset, LeaveOneOut, exclude_users_of, join_datasets, leave_one_out, load_dataset
+from mp4sr.data.loader import users_of
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.train import distributed
@@ -91,8 +92,9 @@ def run_dataset(config: RunConfig, dataset: Dataset | None = None) -> tuple[Data
     parts = [dataset or load_dataset(config.dataset, d.user_core, d.item_core)]
     parts += [load_dataset(name, d.user_core, d.item_core) for name in d.join_datasets]
     if d.exclude_users_of:
+        drop = users_of(d.exclude_users_of, d.user_core, d.item_core)  # read once for every part
         for i, part in enumerate(parts):
-            parts[i] = exclude_users_of(part, d.exclude_users_of, d.user_core, d.item_core)
+            parts[i] = exclude_users_of(part, d.exclude_users_of, drop=drop)
             log.info("%s: %d users of %s left out, %d remain", part.name, part.n_users - parts[i].n_users,
                      ", ".join(d.exclude_users_of), parts[i].n_users)
     if len(parts) == 1:
