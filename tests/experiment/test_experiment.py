@@ -2,6 +2,7 @@
 
 import json
 import textwrap
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -65,6 +66,17 @@ def test_spec_resolves_extends_roles_and_base(tmp_path):
     assert entries["mp4sr-frozen"].stage["params"] == {"hidden": 16, "ffn": 32, "freeze_encoder": True}
     assert entries["mp4sr-no-pt"].pretrain is None and entries["mp4sr"].pretrain == {}
     assert len(entries["sasrec"].grid_points()) == 2
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_files_plan(path, tmp_path):
+    spec = load_spec(path)
+    plan = make_plan(spec, tmp_path)  # validates every entry's settings, model parameters included
+    entries = {e.name for e in spec.models}
+    assert plan.runs and {c.entry for c in plan.cells} == entries
+    assert len(plan.cells) == len(spec.datasets) * len(spec.seeds) * sum(
+        len(e.grid_points()) if spec.search else 1 for e in spec.models)
 
 
 def test_plan_shares_pretraining_and_keys_do_not_depend_on_the_folder(tmp_path):
