@@ -4,6 +4,7 @@ the target's users, followed by fine-tuning on the target."""
 import torch
 
 from mp4sr.config import RunConfig, build_config
+from mp4sr.serve.recommender import Recommender
 from mp4sr.train.run import run_dataset, train_run
 
 TINY = {"hidden": 16, "ffn": 32, "modalities": ["image"]}
@@ -32,6 +33,12 @@ def test_pretraining_on_joined_datasets_then_fine_tuning_on_one_of_them(tmp_path
     assert ckpt["item_ids"][0].startswith("amazon-scientific-mm/") and ckpt["item_ids"][-1].startswith("amazon-scientific/")
     image = ckpt["features"]["image"]
     assert image["mode"] == "joined" and image["shape"] == [5970, 1, 512]
+    # the checkpoint serves: the recommender rebuilds the joined data and its joined vectors
+    served = Recommender.load(tmp_path / "pre")
+    assert served.n_items == 5970 and served.dataset.name == out.dataset.name
+    history = [ckpt["item_ids"][0], ckpt["item_ids"][-1]]
+    top = served.recommend(history, k=5)
+    assert len(top) == 5 and not set(history) & {item for item, _ in top}
     fine = _config(dataset="amazon-scientific-mm", init_from=str(tmp_path / "pre"), params={**TINY, "stage": "finetune"})
     fine.train.epochs = 0  # the fine-tuning model as it starts: the joined pre-training's encoder
     tuned = train_run(fine, tmp_path / "fine")

@@ -81,10 +81,22 @@ def _run_config(payload: dict[str, Any], path: Path) -> RunConfig:
     return config
 
 
-def _rebuild_model(payload: dict[str, Any], config: RunConfig, data: Dataset, counts: np.ndarray, path: Path):
+def _served_dataset(config: RunConfig, dataset: str | Path | Dataset | None) -> tuple[Dataset, list[Dataset] | None]:
+    """The data the checkpoint was trained on: its dataset (or ``dataset``, which says where to find it),
+    joined with and without the users of the datasets its config names, as in training."""
+    from mp4sr.train.run import run_dataset
+
+    if isinstance(dataset, Dataset):
+        return dataset, None
+    first = load_dataset(dataset or config.dataset, config.data.user_core, config.data.item_core)
+    return run_dataset(config, first)
+
+
+def _rebuild_model(payload: dict[str, Any], config: RunConfig, data: Dataset, counts: np.ndarray, path: Path,
+                   parts: list[Dataset] | None = None):
     """The checkpoint's model with its weights, and the feature stores it reads (content models)."""
     name = payload["model_name"]
-    stores = _feature_stores(config, data) if getattr(model_class(name), "needs_features", False) else {}
+    stores = _feature_stores(config, data, parts) if getattr(model_class(name), "needs_features", False) else {}
     context = ModelContext(n_items=data.n_items, max_len=config.data.max_len, item_counts=counts,
                            features=stores or None, extras={"dataset": data})
     model = build_model(name, config.params, context)
@@ -128,11 +140,10 @@ class Recommender:
         path = checkpoint_file(checkpoint)
         payload = read_checkpoint(path)
         config = _run_config(payload, path)
-        data = dataset if isinstance(dataset, Dataset) else load_dataset(
-            dataset or config.dataset, config.data.user_core, config.data.item_core)
+        data, parts = _served_dataset(config, dataset)
         _check_item_index(payload, data, path)
         counts = leave_one_out(data).train_counts()
-        model, stores = _rebuild_model(payload, config, data, counts, path)
+        model, stores = _rebuild_model(payload, config, data, counts, path, parts)
         rec = cls(model.to(device), data.items.ids, counts, dataset=data, stores=stores, config=config,
                   payload=payload, item_text=data.items.text, device=device)
         if payload.get("added_items"):
@@ -355,7 +366,7 @@ def length_chunks(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[s
     return chunks
 
 
-def _feature_stores(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
+def _feature_stores(config: RunConfig, dataset: Dataset, parts: list[Dataset] | None = None) -> dict[str, Any]:
     from mp4sr.train.run import dataset_features
 
-    return dataset_features(config, dataset)
+    return dataset_features(config, dataset, parts)
