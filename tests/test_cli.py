@@ -46,3 +46,20 @@ def test_run_pretrains_on_another_dataset(tmp_path):
     assert fine["dataset"] == "amazon-scientific-mm" and fine["init_from"] == str(out / "pretrain" / "best.pt")
     report = (out / "report.md").read_text()
     assert "test on amazon-scientific (without the users of amazon-scientific-mm)" in report
+
+
+def test_experiment_status_reads_without_training(tmp_path):
+    spec = {"name": "two", "datasets": ["amazon-scientific-mm"], "seeds": [1, 2], "models": ["pop"]}
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--status"])
+    assert result.exit_code == 0, result.output
+    assert "0 of 2 runs finished, 0 running;" in " ".join(result.output.split())
+    assert not (out / "runs").exists()
+    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--set", "train.progress=false"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--status"])
+    assert "2 of 2 runs finished" in " ".join(result.output.split()) and "2/2" in result.output
+    result = runner.invoke(app, ["experiment", str(path), "--status", "--report-only"])
+    assert result.exit_code != 0 and "--status only reads" in str(result.exception)

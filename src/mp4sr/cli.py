@@ -290,16 +290,40 @@ def experiment(
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the tables and plots from the finished runs."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Train in this many processes (each with cores/jobs threads)."),
     train_only: bool = typer.Option(False, "--train-only", help="Train only; write no report (for extra processes or machines sharing --out)."),
+    status: bool = typer.Option(False, "--status", help="Only show how many runs of each row are finished, running or interrupted."),
 ) -> None:
     """Run or resume a grid of models x datasets x seeds; write tables, significance tests and plots."""
     from mp4sr.experiment import run_experiment
 
+    if status:
+        if report_only or train_only:
+            raise MP4SRError("--status only reads the runs: drop --report-only / --train-only")
+        _experiment_status(file, out, only, set_)
+        return
     outcome = run_experiment(file, out, only, set_, train=not report_only, jobs=jobs, report=not train_only)
     if train_only:
         console.print(f"{outcome.trained} runs trained by this process")
         return
     console.print(f"{outcome.trained} runs trained, {outcome.missing} not finished; "
                   f"report: {outcome.files['results_md']}")
+
+
+def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]], overrides: Optional[list[str]]) -> None:
+    from mp4sr.experiment import experiment_status
+
+    folder, rows = experiment_status(file, out, only, overrides)
+    table = Table(title=f"{file.name} -> {folder}")
+    for col in ("dataset", "entry", "stage", "finished", "running", "interrupted", "to do", "hours"):
+        table.add_column(col, justify="left" if col in {"dataset", "entry", "stage"} else "right")
+    for r in rows:
+        todo = r.planned - r.finished - r.running - r.interrupted
+        table.add_row(r.dataset, r.entry, r.stage, f"{r.finished}/{r.planned}", str(r.running or ""),
+                      str(r.interrupted or ""), str(todo or ""), f"{r.seconds / 3600:.2f}")
+    _out_console().print(table)
+    total = {name: sum(getattr(r, name) for r in rows) for name in ("planned", "finished", "running", "interrupted")}
+    interrupted = f", {total['interrupted']} interrupted (rerunning continues them)" if total["interrupted"] else ""
+    console.print(f"{total['finished']} of {total['planned']} runs finished, {total['running']} running{interrupted}; "
+                  f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored")
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """`mp4sr experiment`: the file, the plan, resumption that redoes nothing finished, tables and plots."""
 
 import json
+import os
+import socket
 import textwrap
 from pathlib import Path
 
@@ -221,7 +223,6 @@ def test_cold_item_datasets_are_built_once(scientific_mm):
 
 
 def test_claims_keep_two_processes_off_the_same_run(tmp_path):
-    import socket
     import subprocess as sp
 
     assert runner.claim(tmp_path, "abc")
@@ -246,3 +247,46 @@ def test_parallel_jobs_train_every_run_once(tmp_path):
     assert len(records) == 5 and outcome.missing == 0  # pop, sasrec, one pre-training, two fine-tunings
     assert not list(runs.glob("*.claim"))
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 4
+
+
+def test_an_interrupted_run_continues_where_it_stopped(tmp_path):
+    import signal
+
+    from mp4sr.train.trainer import Trainer, TrainingInterrupted
+
+    sasrec = {**TINY["models"][1], "grid": {}}
+    tree = {**TINY, "seeds": [1], "models": [sasrec], "defaults": {"train": {**TINY["defaults"]["train"], "epochs": 3}}}
+    path = _write(tmp_path / "one.yaml", tree)
+    epochs, stop_after = [], {2}
+    real = Trainer.train_epoch
+
+    def train_epoch(self, optimizer, rng, epoch, position=None):
+        loss = real(self, optimizer, rng, epoch, position)
+        epochs.append(epoch)
+        if epoch in stop_after:
+            stop_after.clear()
+            self._signal = signal.SIGINT  # as if Ctrl-C came during this epoch
+        return loss
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "train_epoch", train_epoch)
+        with pytest.raises(TrainingInterrupted):
+            run_experiment(path, tmp_path / "out")
+        folder, rows = runner.experiment_status(path, tmp_path / "out")
+        assert [(r.entry, r.planned, r.finished, r.interrupted) for r in rows] == [("sasrec", 1, 0, 1)]
+        key = make_plan(load_spec(path), (folder / "runs").resolve()).runs[0].key
+        (folder / "runs" / f"{key}.claim").write_text(f"{socket.gethostname()} {os.getpid()}")
+        assert runner.experiment_status(path, tmp_path / "out")[1][0].running == 1
+        (folder / "runs" / f"{key}.claim").unlink()
+
+        outcome = run_experiment(path, tmp_path / "out")
+        assert epochs == [1, 2, 3] and outcome.trained == 1 and outcome.missing == 0
+        record = json.loads((folder / "runs" / key / "run.json").read_text())
+        assert record["resumed"] is True and record["epochs"] == 3
+        assert runner.experiment_status(path, tmp_path / "out")[1][0].finished == 1
+
+        run_experiment(path, tmp_path / "straight")  # the same run, never interrupted
+    resumed = json.loads((folder / "runs" / key / "metrics.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "runs" / key / "metrics.json").read_text())
+    assert resumed["test"] == pytest.approx(straight["test"], abs=1e-6)
+    assert resumed["best_epoch"] == straight["best_epoch"]

@@ -3,7 +3,8 @@
 Each run lives in ``<out>/runs/<key>/``: what ``train_run`` writes (config.yaml, metrics.json,
 epochs.jsonl, best.pt), ``test_ranks.npy`` (0-based rank of each test user's item) and, written last,
 ``run.json``: a run is finished exactly when its ``run.json`` exists. A folder without one is what an
-interrupted run left behind; it is cleared and the run is trained again.
+interrupted run left behind: the run continues from its ``last.pt`` (same settings, since the key is a
+hash of them), or starts again when there is none.
 
 Several processes (``jobs``, or the same command started on several machines that share the
 folder) share the plan through claims: a process trains a run only after creating
@@ -30,6 +31,7 @@ from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.evaluate.coldstart import cold_item_split
 from mp4sr.experiment.spec import Cell, DatasetSpec, ExperimentSpec, Plan, PlannedRun, load_spec, make_plan
+from mp4sr.train.checkpoint import CheckpointError
 from mp4sr.report.experiment import RunResult, write_experiment_report
 from mp4sr.train import train_run
 
@@ -71,6 +73,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _claim_is_live(path: Path) -> bool:
+    """Whether the claim file ``path`` is held by a process that may still run (one on another host
+    cannot be checked, so it counts as live)."""
+    try:
+        host, pid = path.read_text().split()
+    except (OSError, ValueError):  # being written: its process is starting
+        return path.exists()
+    return host != socket.gethostname() or _alive(int(pid))
+
+
 def claim(runs_dir: Path, key: str) -> bool:
     """Take the run ``key`` for this process; False when a live process holds it."""
     path = runs_dir / f"{key}.claim"
@@ -80,13 +92,9 @@ def claim(runs_dir: Path, key: str) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                host, pid = path.read_text().split()
-            except (OSError, ValueError):  # being written, or gone meanwhile
+            if _claim_is_live(path):
                 return False
-            if host != socket.gethostname() or _alive(int(pid)):
-                return False
-            log.warning("taking over %s: its process %s is gone", key, pid)
+            log.warning("taking over %s: the process that claimed it is gone", key)
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
@@ -128,24 +136,79 @@ def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, po
 
 
 def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
+    """Train ``run`` into ``<runs_dir>/<key>``, continuing from the ``last.pt`` an interrupted attempt
+    left there; ``run.json``'s ``seconds`` counts this attempt only."""
     folder = runs_dir / run.key
-    if folder.exists():  # left by an interrupted run
+    resume = (folder / "last.pt").is_file()
+    if folder.exists() and not resume:  # killed before it saved anything
         shutil.rmtree(folder)
     data = run.config.data
     dataset = datasets.get(run.dataset, data.user_core, data.item_core)
     t0 = time.perf_counter()
-    output = train_run(run.config, folder, dataset=dataset)
+    try:
+        output = train_run(run.config, folder, dataset=dataset, resume=resume)
+    except CheckpointError as e:
+        if not resume:
+            raise
+        log.warning("cannot continue %s (%s): training it from the start", folder, e)
+        shutil.rmtree(folder)
+        t0 = time.perf_counter()
+        output = train_run(run.config, folder, dataset=dataset)
     np.save(folder / "test_ranks.npy", np.asarray(output.result.test_ranks, dtype=np.int64))
     (folder / "last.pt").unlink(missing_ok=True)  # only needed to resume this run, which is finished
     record = {
         "key": run.key, "stage": run.stage, "entry": run.entry, "model": run.config.model,
         "dataset": run.dataset.key, "seed": run.seed, "point": run.point, "pretrain_key": run.pretrain_key,
         "best_epoch": output.result.best_epoch, "epochs": len(output.result.history),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(time.perf_counter() - t0, 1), "resumed": resume,
     }
     tmp = folder / (DONE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(folder / DONE)
+
+
+@dataclass
+class StatusRow:
+    """How far the runs of one entry, stage and dataset have got."""
+
+    dataset: str
+    entry: str
+    stage: str
+    planned: int = 0
+    finished: int = 0
+    running: int = 0
+    interrupted: int = 0  # a folder with last.pt and no live claim: continues where it stopped
+    seconds: float = 0.0  # training time of the finished runs
+
+
+def plan_status(plan: Plan, runs_dir: Path) -> list[StatusRow]:
+    """One row per (dataset, entry, stage) of ``plan``, in plan order; reads only small files."""
+    rows: dict[tuple[str, str, str], StatusRow] = {}
+    for run in plan.runs:
+        row = rows.setdefault((run.dataset.key, run.entry, run.stage),
+                              StatusRow(run.dataset.key, run.entry, run.stage))
+        row.planned += 1
+        folder = runs_dir / run.key
+        if is_done(runs_dir, run.key):
+            row.finished += 1
+            try:
+                row.seconds += float(json.loads((folder / DONE).read_text()).get("seconds", 0.0))
+            except (OSError, ValueError):
+                pass
+        elif (runs_dir / f"{run.key}.claim").exists() and _claim_is_live(runs_dir / f"{run.key}.claim"):
+            row.running += 1
+        elif (folder / "last.pt").is_file():
+            row.interrupted += 1
+    return list(rows.values())
+
+
+def experiment_status(path: str | Path, out: str | Path | None = None, only: list[str] | None = None,
+                      overrides: list[str] | None = None) -> tuple[Path, list[StatusRow]]:
+    """The output folder of the experiment of ``path`` and how far each of its rows has got."""
+    spec = load_spec(path)
+    out = output_folder(spec, out)
+    runs_dir = (out / "runs").resolve()
+    return out, plan_status(make_plan(spec, runs_dir, only, list(overrides or [])), runs_dir)
 
 
 def load_result(runs_dir: Path, cell: Cell) -> RunResult | None:
@@ -178,6 +241,11 @@ class ExperimentOutcome:
     files: dict[str, Path]
 
 
+def output_folder(spec: ExperimentSpec, out: str | Path | None = None) -> Path:
+    """``out``, else the file's ``output``, else ``runs/experiments/<name>``."""
+    return Path(out or spec.output or Path("runs") / "experiments" / spec.name)
+
+
 def run_experiment(path: str | Path, out: str | Path | None = None, only: list[str] | None = None,
                    overrides: list[str] | None = None, train: bool = True, jobs: int = 1,
                    report: bool = True) -> ExperimentOutcome:
@@ -191,7 +259,7 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     """
     require_report_libraries()
     spec: ExperimentSpec = load_spec(path)
-    out = Path(out or spec.output or Path("runs") / "experiments" / spec.name)
+    out = output_folder(spec, out)
     runs_dir = out / "runs"
     overrides = list(overrides or [])
     if train and jobs > 1 and not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
