@@ -31,9 +31,9 @@ from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.evaluate.coldstart import cold_item_split
 from mp4sr.experiment.spec import Cell, DatasetSpec, ExperimentSpec, Plan, PlannedRun, load_spec, make_plan
-from mp4sr.train.checkpoint import CheckpointError
 from mp4sr.report.experiment import RunResult, write_experiment_report
 from mp4sr.train import train_run
+from mp4sr.train.checkpoint import CheckpointError
 
 log = logging.getLogger("mp4sr.experiment")
 
@@ -78,7 +78,7 @@ def _claim_is_live(path: Path) -> bool:
     cannot be checked, so it counts as live)."""
     try:
         host, pid = path.read_text().split()
-    except (OSError, ValueError):  # being written: its process is starting
+    except (OSError, ValueError):  # no claim (False), or one being written by a starting process (True)
         return path.exists()
     return host != socket.gethostname() or _alive(int(pid))
 
@@ -195,7 +195,7 @@ def plan_status(plan: Plan, runs_dir: Path) -> list[StatusRow]:
                 row.seconds += float(json.loads((folder / DONE).read_text()).get("seconds", 0.0))
             except (OSError, ValueError):
                 pass
-        elif (runs_dir / f"{run.key}.claim").exists() and _claim_is_live(runs_dir / f"{run.key}.claim"):
+        elif _claim_is_live(runs_dir / f"{run.key}.claim"):
             row.running += 1
         elif (folder / "last.pt").is_file():
             row.interrupted += 1
