@@ -74,3 +74,16 @@ def test_second_import_reuses_the_store(scientific_mm):
     first = import_vectors(scientific_mm.extras["text_vectors"], scientific_mm.items.ids, modality="text", dataset="mm")
     again = import_vectors(scientific_mm.extras["text_vectors"], scientific_mm.items.ids, modality="text", dataset="mm")
     assert first.computed and not again.computed and again.path == first.path
+
+
+def test_a_copied_vector_file_is_the_same_input(tmp_path, cache):
+    ids = ["a", "b", "c"]
+    np.arange(12, dtype="<f4").tofile(tmp_path / "v.feat1CLS")
+    first = import_vectors(tmp_path / "v.feat1CLS", ids)
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "v.feat1CLS"
+    copy.write_bytes((tmp_path / "v.feat1CLS").read_bytes())  # a new file, a later modification time
+    assert not import_vectors(copy, ids).computed
+    np.arange(1, 13, dtype="<f4").tofile(copy)  # new contents: imported again
+    changed = import_vectors(copy, ids)
+    assert changed.computed and changed.content_hash != first.content_hash

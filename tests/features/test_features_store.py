@@ -44,6 +44,23 @@ def test_store_layout_and_attributes(cache):
     assert not pooled[1].any()
 
 
+def test_content_hash_follows_the_vectors_not_their_making(cache):
+    first = _store(store_dir("toy", "text", "one"))
+    table = np.arange(12, dtype=np.float32).reshape(3, 4)[[2, 0, 1]]  # the same vectors, from another table order
+    again = write_store(store_dir("toy", "text", "two"), table, np.array([[1, 2], [-1, -1], [0, -1], [2, 1]]), IDS,
+                        {"modality": "text", "encoder": "test", "mode": "sentences", "input_hash": "other"})
+    assert first.content_hash == again.content_hash == first.manifest["content_hash"]
+    table[0, 0] += 1  # one value differs
+    changed = write_store(store_dir("toy", "text", "three"), table, np.array([[1, 2], [-1, -1], [0, -1], [2, 1]]),
+                          IDS, {"modality": "text", "encoder": "test", "mode": "sentences", "input_hash": "other"})
+    assert changed.content_hash != first.content_hash
+    manifest_path = first.path / "manifest.json"  # a store written before manifests recorded it
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["content_hash"]
+    manifest_path.write_text(json.dumps(manifest))
+    assert FeatureStore.load(first.path).content_hash == again.content_hash
+
+
 def test_rewrite_is_atomic_and_leaves_no_temporaries(cache):
     path = store_dir("toy", "text", "test")
     _store(path)

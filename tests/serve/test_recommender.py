@@ -57,6 +57,12 @@ def test_load_errors(tmp_path, checkpoints, scientific_mm):
     torch.save(payload, tmp_path / "other.pt")
     with pytest.raises(DataError, match="item index"):
         Recommender.load(tmp_path / "other.pt", dataset=scientific_mm)
+    payload = torch.load(checkpoints["mp4sr"] / "best.pt", weights_only=True)
+    assert payload["features"]["image"]["content_hash"]
+    payload["features"]["image"]["content_hash"] = "0" * 64  # trained on other image vectors than the store's
+    torch.save(payload, tmp_path / "other-vectors.pt")
+    with pytest.raises(DataError, match=r"image vectors at .* are not those the model was trained with"):
+        Recommender.load(tmp_path / "other-vectors.pt", dataset=scientific_mm)
 
 
 def test_loads_from_its_stored_config(checkpoints):

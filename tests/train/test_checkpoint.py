@@ -123,6 +123,18 @@ def test_feature_messages():
     check_compatible({"features": None}, "x.pt", features={"text": text})  # a checkpoint that recorded none
 
 
+def test_the_same_vectors_from_other_inputs_fit():
+    text = {"encoder": "clip", "input_hash": "1" * 64, "content_hash": "5" * 64, "item_ids_hash": "2" * 64,
+            "shape": [3, 1, 8]}
+    ckpt = {"features": {"text": text}}
+    check_compatible(ckpt, "x.pt", features={"text": {**text, "input_hash": "4" * 64}})  # e.g. the data was copied
+    with pytest.raises(CheckpointMismatch, match=r"text features differ .* in their vectors .* content_hash 555555555555"):
+        check_compatible(ckpt, "x.pt", features={"text": {**text, "content_hash": "6" * 64}})
+    old = {"features": {"text": {k: v for k, v in text.items() if k != "content_hash"}}}  # saved before the hash
+    with pytest.raises(CheckpointMismatch, match=r"in their inputs"):
+        check_compatible(old, "x.pt", features={"text": {**text, "input_hash": "4" * 64}})
+
+
 def test_feature_manifest_of_stores():
     class Store:
         manifest = {"encoder": "e", "mode": "text", "input_hash": "h", "item_ids_hash": "i", "shape": [2, 1, 4],
@@ -130,7 +142,7 @@ def test_feature_manifest_of_stores():
 
     assert ck.feature_manifest({"text": Store(), "image": None}) == {
         "text": {"encoder": "e", "mode": "text", "input_hash": "h", "item_ids_hash": "i", "shape": [2, 1, 4],
-                 "dtype": "float16"}}
+                 "dtype": "float16", "content_hash": None}}
     assert ck.feature_manifest(None) is None
 
 

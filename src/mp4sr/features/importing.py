@@ -3,6 +3,7 @@ or ``.npy``) into a FeatureStore, joined to a dataset's items by external id."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,7 +12,6 @@ import numpy as np
 
 from mp4sr.data.readers import _lines, _read_index  # the validated line and 'id<TAB>index' readers of the data layer
 from mp4sr.errors import ConfigError, DataError
-from mp4sr.features.extract import _file_state
 from mp4sr.features.store import FeatureStore, digest, ids_digest, reusable, store_dir, write_store
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,9 @@ def import_vectors(
         raise DataError(
             f"none of the {len(targets)} items (e.g. {targets[:2]}) is among the {len(sources)} items of the "
             f"file's item index (e.g. {sources[:2]}); give the item index the file's rows were written in", path)
-    input_hash = digest("import", _file_state(str(path.resolve())), ids_digest(sources), ids_digest(targets),
-                        table.shape[1], dtype)
+    with path.open("rb") as f:  # its bytes, not its time: a copied or re-downloaded file is the same input
+        file_hash = hashlib.file_digest(f, "sha256").hexdigest()
+    input_hash = digest("import", file_hash, ids_digest(sources), ids_digest(targets), table.shape[1], dtype)
     out = store_dir(dataset, modality, f"import-{name or path.name}")
     store = reusable(out, input_hash)
     if store is not None:

@@ -5,7 +5,8 @@ A store is a folder ``cache_dir()/features/<dataset>/<modality>-<key>/`` holding
 - ``vectors.npy``  [n_items, k, d] (float16 by default), memory-mapped on load;
 - ``mask.npy``     [n_items, k] bool, which of the k slots hold a vector;
 - ``item_ids.json`` the external id of every item (row i = item index i);
-- ``manifest.json`` modality, encoder, mode, shape, dtype, the hash of the inputs, the item index hash.
+- ``manifest.json`` modality, encoder, mode, shape, dtype, the hash of the inputs, the item index hash
+  and the hash of the vectors themselves (``content_hash``).
 
 Every store is built from a *table* of distinct vectors [m, d] and *slots* [n_items, k] that point
 into it (-1 = absent): identical sentences or images are computed once and imports are a row join.
@@ -49,6 +50,16 @@ def ids_digest(item_ids: Iterable[Any]) -> str:
     for item in item_ids:
         h.update(str(item).encode())
         h.update(b"\n")
+    return h.hexdigest()
+
+
+def vectors_digest(shape: Sequence[int], dtype: str, blocks: Iterable[np.ndarray], mask: np.ndarray) -> str:
+    """The ``content_hash`` of a store: its shape, dtype, vectors (``blocks``: consecutive rows of
+    [n, k, d] in ``dtype``) and mask; the same for the same vectors however they were produced."""
+    h = hashlib.sha256(json.dumps([list(map(int, shape)), str(dtype)]).encode())
+    for block in blocks:
+        h.update(np.ascontiguousarray(block).tobytes())
+    h.update(np.packbits(np.asarray(mask, dtype=bool)).tobytes())
     return h.hexdigest()
 
 
@@ -109,6 +120,16 @@ class FeatureStore:
     @property
     def modality(self) -> str:
         return str(self.manifest["modality"])
+
+    @cached_property
+    def content_hash(self) -> str:
+        """The hash of the vectors and mask (the manifest's, or computed for a store written without it)."""
+        found = self.manifest.get("content_hash")
+        if found:
+            return str(found)
+        rows = range(0, self.n_items, _FILL_BLOCK)
+        return vectors_digest(self.vectors.shape, self.vectors.dtype.name,
+                              (self.vectors[i : i + _FILL_BLOCK] for i in rows), self.mask)
 
     @cached_property
     def item_present(self) -> np.ndarray:
@@ -229,9 +250,10 @@ def write_store(
         out = np.lib.format.open_memmap(tmp / "vectors.npy", mode="w+", dtype=dtype, shape=(n, k, table.shape[1]))
         for start in range(0, n if len(table) else 0, _FILL_BLOCK):
             block = slots[start : start + _FILL_BLOCK]
-            values = np.where(block[..., None] >= 0, table[np.maximum(block, 0)], 0)
-            out[start : start + _FILL_BLOCK] = values.astype(dtype)
+            values = np.where(block[..., None] >= 0, table[np.maximum(block, 0)], 0).astype(dtype)
+            out[start : start + _FILL_BLOCK] = values
         out.flush()
+        manifest["content_hash"] = vectors_digest(out.shape, dtype, (out[i : i + _FILL_BLOCK] for i in range(0, n, _FILL_BLOCK)), mask)
         del out
         np.save(tmp / "mask.npy", mask)
         (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))

@@ -72,6 +72,19 @@ def _check_item_index(payload: dict[str, Any], dataset: Dataset, path: Path) -> 
             f"Pass the dataset it was trained on.", path)
 
 
+def _check_feature_vectors(payload: dict[str, Any], stores: dict[str, Any], path: Path) -> None:
+    """The model scores with the vectors it was trained on, or not at all (checkpoints that
+    recorded no content hash are taken on trust)."""
+    for modality, saved in (payload.get("features") or {}).items():
+        store = stores.get(modality)
+        if store is None or not saved.get("content_hash") or saved["content_hash"] == store.content_hash:
+            continue
+        raise DataError(
+            f"the {modality} vectors at {store.path} (encoder {store.manifest.get('encoder')!r}) are not those the "
+            f"model was trained with (encoder {saved.get('encoder')!r}): rebuild them with the settings of the "
+            f"checkpoint's config (`mp4sr features`), or retrain", path)
+
+
 def _run_config(payload: dict[str, Any], path: Path) -> RunConfig:
     try:
         config = RunConfig(**payload["config"])
@@ -97,6 +110,7 @@ def _rebuild_model(payload: dict[str, Any], config: RunConfig, data: Dataset, co
     """The checkpoint's model with its weights, and the feature stores it reads (content models)."""
     name = payload["model_name"]
     stores = _feature_stores(config, data, parts) if getattr(model_class(name), "needs_features", False) else {}
+    _check_feature_vectors(payload, stores, path)
     context = ModelContext(n_items=data.n_items, max_len=config.data.max_len, item_counts=counts,
                            features=stores or None, extras={"dataset": data})
     model = build_model(name, config.params, context)

@@ -163,7 +163,8 @@ def feature_manifest(stores: Mapping[str, Any] | None) -> dict[str, dict[str, An
     if stores is None:
         return None
     keys = ("encoder", "mode", "input_hash", "item_ids_hash", "shape", "dtype")
-    return {str(m): {k: s.manifest.get(k) for k in keys} for m, s in stores.items() if s is not None}
+    return {str(m): {**{k: s.manifest.get(k) for k in keys}, "content_hash": getattr(s, "content_hash", None)}
+            for m, s in stores.items() if s is not None}
 
 
 def _first_difference(a: Sequence[str], b: Sequence[str]) -> int:
@@ -205,7 +206,11 @@ def check_features(ckpt: Mapping[str, Any], features: Mapping[str, Mapping[str, 
                 f"{where}: this run uses {modality} features (encoder {new.get('encoder')!r}) but the checkpoint "
                 f"was trained without them: use the checkpoint's feature settings, or retrain"
             )
-        for key, what in (("item_ids_hash", "item index"), ("input_hash", "inputs"), ("shape", "shape")):
+        # The vectors decide: the same vectors rebuilt elsewhere (copied data, new file times) still fit.
+        # A checkpoint from before stores recorded them is held to the hash of the inputs.
+        same = "content_hash" if old.get("content_hash") and new.get("content_hash") else "input_hash"
+        for key, what in (("item_ids_hash", "item index"), (same, "vectors" if same == "content_hash" else "inputs"),
+                          ("shape", "shape")):
             if old.get(key) != new.get(key):
                 show = (lambda v: str(v)[:12]) if key.endswith("hash") else str
                 raise CheckpointMismatch(
