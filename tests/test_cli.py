@@ -49,17 +49,20 @@ def test_run_pretrains_on_another_dataset(tmp_path):
 
 
 def test_experiment_status_reads_without_training(tmp_path):
-    spec = {"name": "two", "datasets": ["amazon-scientific-mm"], "seeds": [1, 2], "models": ["pop"]}
+    spec = {"name": "two", "datasets": ["amazon-scientific-mm"], "seeds": [1, 2], "models": ["pop", "sasrec"]}
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
     result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--status"])
     assert result.exit_code == 0, result.output
-    assert "0 of 2 runs finished, 0 running;" in " ".join(result.output.split())
+    assert "0 of 4 runs finished, 0 running;" in " ".join(result.output.split())
     assert not (out / "runs").exists()
-    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--set", "train.progress=false"])
+    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--status", "--only", "pop, sasrec"])
+    assert result.exit_code == 0 and "0 of 4 runs finished" in " ".join(result.output.split())  # a comma-separated list of entries
+    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--only", "pop",
+                                 "--set", "train.progress=false"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--status"])
-    assert "2 of 2 runs finished" in " ".join(result.output.split()) and "2/2" in result.output
+    assert "2 of 4 runs finished" in " ".join(result.output.split()) and "2/2" in result.output
     result = runner.invoke(app, ["experiment", str(path), "--status", "--report-only"])
     assert result.exit_code != 0 and "--status only reads" in str(result.exception)

@@ -285,7 +285,7 @@ def serve(
 def experiment(
     file: Path = typer.Argument(..., help="Experiment file (YAML, see configs/experiments/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: the file's 'output', else runs/experiments/<name>)."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Train and report only this entry (repeatable)."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Train and report only these entries (a,b or repeated)."),
     set_: Optional[list[str]] = SetOpt,
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the tables and plots from the finished runs."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Train in this many processes (each with cores/jobs threads)."),
@@ -295,6 +295,7 @@ def experiment(
     """Run or resume a grid of models x datasets x seeds; write tables, significance tests and plots."""
     from mp4sr.experiment import run_experiment
 
+    only = [name.strip() for names in only for name in names.split(",") if name.strip()] if only else None
     if status:
         if report_only or train_only:
             raise MP4SRError("--status only reads the runs: drop --report-only / --train-only")
