@@ -50,6 +50,10 @@ class SequentialRecommender(nn.Module):
     def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
         raise NotImplementedError
 
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups; a group's ``lr_scale`` multiplies ``train.lr``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """Scores [B, n_items] of every item as the next item after each sequence."""
         raise NotImplementedError

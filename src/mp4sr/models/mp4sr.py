@@ -55,6 +55,8 @@ class MP4SRConfig(LossConfig):
     item_dropout_max: float = Field(0.2, description="pre-training item dropout p ~ U(0, max) per sequence")
     id_embedding: bool = Field(True, description="fine-tuning: transductive (item-ID embeddings) or inductive")
     freeze_encoder: bool = Field(False, description="fine-tuning: train only the item-ID embeddings")
+    encoder_lr_scale: float = Field(
+        1.0, gt=0, description="fine-tuning: learning rate of everything but the item-ID embeddings, relative to train.lr")
 
 
 @dataclass
@@ -213,6 +215,15 @@ class MP4SR(SequentialRecommender):
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():
                 param.requires_grad = name.startswith("id_embedding")
+
+    def param_groups(self) -> list[dict]:
+        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        ids = [p for n, p in trainable if n.startswith("id_embedding")]
+        rest = [p for n, p in trainable if not n.startswith("id_embedding")]
+        scale = getattr(self.config, "encoder_lr_scale", 1.0)  # UniSRec, a subclass, has no such setting
+        if self.config.stage != "finetune" or scale == 1.0 or not rest:
+            return super().param_groups()
+        return [g for g in ({"params": ids}, {"params": rest, "lr_scale": scale}) if g["params"]]
 
     # ------------------------------------------------------------------ items
 

@@ -125,6 +125,12 @@ class EpochPosition:
         return cls(d["epoch"], batches, None, d["done"], d["loss_total"], d["seconds"])
 
 
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam over the model's parameter groups, each at ``lr`` times its ``lr_scale``."""
+    groups = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in model.param_groups()]
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+
+
 class Trainer:
     """Trains ``model`` on a leave-one-out split and reports the test metrics of the best valid epoch.
 
@@ -288,9 +294,7 @@ class Trainer:
     def _train(self, rng: np.random.Generator) -> dict[str, torch.Tensor] | None:
         """The epochs (from the start, or from where ``last.pt`` stopped); returns the best weights."""
         s = self.settings
-        optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=s.lr, weight_decay=s.weight_decay
-        )
+        optimizer = make_optimizer(self.model, s.lr, s.weight_decay)
         resumed = self._resume(optimizer, rng) if self.resume else None
         position, best_state = resumed or (None, None)
         if resumed is None:
