@@ -253,7 +253,8 @@ def write_store(
             values = np.where(block[..., None] >= 0, table[np.maximum(block, 0)], 0).astype(dtype)
             out[start : start + _FILL_BLOCK] = values
         out.flush()
-        manifest["content_hash"] = vectors_digest(out.shape, dtype, (out[i : i + _FILL_BLOCK] for i in range(0, n, _FILL_BLOCK)), mask)
+        blocks = (out[i : i + _FILL_BLOCK] for i in range(0, n, _FILL_BLOCK))
+        manifest["content_hash"] = vectors_digest(out.shape, dtype, blocks, mask)
         del out
         np.save(tmp / "mask.npy", mask)
         (tmp / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))

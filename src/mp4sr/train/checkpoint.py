@@ -208,9 +208,9 @@ def check_features(ckpt: Mapping[str, Any], features: Mapping[str, Mapping[str, 
             )
         # The vectors decide: the same vectors rebuilt elsewhere (copied data, new file times) still fit.
         # A checkpoint from before stores recorded them is held to the hash of the inputs.
-        same = "content_hash" if old.get("content_hash") and new.get("content_hash") else "input_hash"
-        for key, what in (("item_ids_hash", "item index"), (same, "vectors" if same == "content_hash" else "inputs"),
-                          ("shape", "shape")):
+        both = old.get("content_hash") and new.get("content_hash")
+        vectors = ("content_hash", "vectors") if both else ("input_hash", "inputs")
+        for key, what in (("item_ids_hash", "item index"), vectors, ("shape", "shape")):
             if old.get(key) != new.get(key):
                 show = (lambda v: str(v)[:12]) if key.endswith("hash") else str
                 raise CheckpointMismatch(
