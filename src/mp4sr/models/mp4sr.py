@@ -220,7 +220,7 @@ class MP4SR(SequentialRecommender):
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         ids = [p for n, p in trainable if n.startswith("id_embedding")]
         rest = [p for n, p in trainable if not n.startswith("id_embedding")]
-        scale = getattr(self.config, "encoder_lr_scale", 1.0)  # UniSRec, a subclass, has no such setting
+        scale = self.config.encoder_lr_scale
         if self.config.stage != "finetune" or scale == 1.0 or not rest:
             return super().param_groups()
         return [g for g in ({"params": ids}, {"params": rest, "lr_scale": scale}) if g["params"]]

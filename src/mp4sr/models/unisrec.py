@@ -56,6 +56,11 @@ class UniSRecConfig(ModelConfig):
         """MP4SR's 'train only the ID embeddings' switch, never used by UniSRec (see ``fix_encoder``)."""
         return False
 
+    @property
+    def encoder_lr_scale(self) -> float:
+        """MP4SR's slower encoder in fine-tuning, not used by UniSRec (see ``fix_encoder``)."""
+        return 1.0
+
 
 def seq_seq_loss(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, tau: float) -> torch.Tensor:
     """InfoNCE of a_i against b (positive b_i); b_j with the same target as i is masked out."""
