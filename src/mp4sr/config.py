@@ -66,6 +66,10 @@ class EvalSettings(Section):
     exclude_history: bool = Field(
         False, description="drop the user's history items from the ranking (off: the standard protocol)"
     )
+    test_every_epoch: bool = Field(
+        False, description="also rank the test set after every epoch and record it in epochs.jsonl, for "
+        "learning curves (the best epoch is still chosen on validation)",
+    )
 
 
 class FeatureSettings(Section):

@@ -67,15 +67,18 @@ class EpochRecord:
     train_seconds: float
     eval_seconds: float
     valid: dict[str, float]
+    test: dict[str, float] | None = None  # only with eval.test_every_epoch
 
     def as_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "loss": self.loss, "train_seconds": self.train_seconds,
-                "eval_seconds": self.eval_seconds, **{f"valid_{k}": v for k, v in self.valid.items()}}
+                "eval_seconds": self.eval_seconds, **{f"valid_{k}": v for k, v in self.valid.items()},
+                **{f"test_{k}": v for k, v in (self.test or {}).items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EpochRecord":
         valid = {k[len("valid_"):]: v for k, v in d.items() if k.startswith("valid_")}
-        return cls(d["epoch"], d["loss"], d["train_seconds"], d["eval_seconds"], valid)
+        test = {k[len("test_"):]: v for k, v in d.items() if k.startswith("test_")}
+        return cls(d["epoch"], d["loss"], d["train_seconds"], d["eval_seconds"], valid, test or None)
 
 
 @dataclass
@@ -312,7 +315,8 @@ class Trainer:
                 position = None
                 t1 = time.perf_counter()
                 valid = self.evaluate("valid").metrics
-                record = EpochRecord(epoch, loss, self._epoch_seconds, time.perf_counter() - t1, valid)
+                test = self.evaluate("test").metrics if self.eval_settings.test_every_epoch else None
+                record = EpochRecord(epoch, loss, self._epoch_seconds, time.perf_counter() - t1, valid, test)
                 st.history.append(record)
                 st.epoch = epoch
                 self._log_epoch(record)
@@ -489,8 +493,9 @@ class Trainer:
 
     def _log_epoch(self, record: EpochRecord) -> None:
         m = self.settings.valid_metric
-        log.info("epoch %d  loss %.4f  valid %s %.4f  (train %.1fs, eval %.2fs)",
-                 record.epoch, record.loss or 0.0, m, record.valid[m], record.train_seconds, record.eval_seconds)
+        test = f"  test {m} {record.test[m]:.4f}" if record.test else ""
+        log.info("epoch %d  loss %.4f  valid %s %.4f%s  (train %.1fs, eval %.2fs)",
+                 record.epoch, record.loss or 0.0, m, record.valid[m], test, record.train_seconds, record.eval_seconds)
         if self.out_dir and self.is_main:
             def append():
                 with open(self.out_dir / "epochs.jsonl", "a") as f:
