@@ -25,6 +25,17 @@ def test_train_pop_writes_metrics(tmp_path):
     assert (out / "best.pt").is_file() and (out / "config.yaml").is_file()
 
 
+def test_a_runs_config_file_trains_the_same_model(tmp_path):
+    """`--config` of a run's config.yaml: its model and dataset hold unless --model / --dataset are given."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    result = runner.invoke(app, ["train", "--model", "pop", "--dataset", "amazon-scientific-mm", "--out", str(first)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--config", str(first / "config.yaml"), "--out", str(again)])
+    assert result.exit_code == 0, result.output
+    assert "training pop on amazon-scientific-mm" in result.output
+    assert json.loads((again / "metrics.json").read_text()) == json.loads((first / "metrics.json").read_text())
+
+
 def test_unknown_dataset_is_a_clean_error(tmp_path):
     result = runner.invoke(app, ["train", "--dataset", "nope", "--out", str(tmp_path)])
     assert result.exit_code != 0

@@ -77,10 +77,17 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     _setup_logging(verbose)
 
 
+DatasetOpt = typer.Option("amazon-scientific-mm", "--dataset", "-d", help="Dataset name or path.")
+# for commands that read a run's settings: a --config file's dataset holds unless the option is given
+RunDatasetOpt = typer.Option(
+    None, "--dataset", "-d", help="Dataset name or path (default: the --config file's, else amazon-scientific-mm).")
+
+
 @app.command()
 def train(
-    model: str = typer.Option("sasrec", "--model", "-m", help="Model name (see `mp4sr models`)."),
-    dataset: str = typer.Option("amazon-scientific-mm", "--dataset", "-d", help="Dataset name or path."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model name (see `mp4sr models`; default: the --config file's, else sasrec)."),
+    dataset: Optional[str] = RunDatasetOpt,
     config: Optional[Path] = ConfigOpt,
     set_: Optional[list[str]] = SetOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<...>)."),
@@ -106,7 +113,7 @@ def train(
     console.print(f"metrics: {out / 'metrics.json'}")
 
 
-def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[str]], out: Optional[Path],
+def _stage(kind: str, dataset: Optional[str], config: Optional[Path], set_: Optional[list[str]], out: Optional[Path],
            init_from: Optional[str] = None, resume: bool = False):
     """Build the config of an MP4SR stage, train it, print its table; returns (config, output, out)."""
     from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
@@ -125,12 +132,11 @@ def _stage(kind: str, dataset: str, config: Optional[Path], set_: Optional[list[
     return cfg, output, out
 
 
-DatasetOpt = typer.Option("amazon-scientific-mm", "--dataset", "-d", help="Dataset name or path.")
 OutOpt = typer.Option(None, "--out", "-o", help="Output folder (default runs/<...>).")
 
 
 @app.command()
-def pretrain(dataset: str = DatasetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
+def pretrain(dataset: Optional[str] = RunDatasetOpt, config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt,
              out: Optional[Path] = OutOpt, resume: bool = typer.Option(False, "--resume", help="Continue the run in --out.")) -> None:
     """Pre-train the MP4SR encoder (next-item prediction + cross-modality contrast)."""
     _stage("pretrain", dataset, config, set_, out, resume=resume)
@@ -138,7 +144,7 @@ def pretrain(dataset: str = DatasetOpt, config: Optional[Path] = ConfigOpt, set_
 
 @app.command()
 def finetune(
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = RunDatasetOpt,
     from_: Optional[str] = typer.Option(None, "--from", help="Pre-trained checkpoint (file or run folder); none = from scratch."),
     config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[Path] = OutOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
@@ -149,7 +155,7 @@ def finetune(
 
 @app.command()
 def run(
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = RunDatasetOpt,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML applied to both stages."),
     pretrain_dataset: Optional[str] = typer.Option(
         None, "--pretrain-dataset", help="Pre-train on this dataset instead (transfer; its item vectors must come from the same encoders)."),
@@ -161,8 +167,10 @@ def run(
     """End to end: features -> pre-train -> fine-tune -> test -> report."""
     import json as _json
 
+    from mp4sr.config import RunConfig, build_config
     from mp4sr.report import write_run_report
 
+    dataset = dataset or build_config(RunConfig, config).dataset
     main = _start_distributed()
     out = out or default_out_dir("run", dataset, "mp4sr")
     shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
