@@ -69,22 +69,30 @@ LINE_STYLE = {"baseline": ("-", 1.0), "reference": ("-", 2.2), "ablation": ("--"
 
 def training_curves(histories: dict[tuple[str, int], list[dict[str, Any]]], roles: dict[str, str], metric: str,
                     path: Path, title: str) -> Path:
-    """Validation ``metric`` per epoch; one colour per entry (its seeds share it), ablations dashed."""
+    """Validation ``metric`` per epoch; one colour per entry (its seeds share it), ablations dashed. Runs
+    that recorded the test set after every epoch (``eval.test_every_epoch``) get a second panel of it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    splits = ["valid"]
+    if any(f"test_{metric}" in h for history in histories.values() for h in history):
+        splits.append("test")
+    fig, axes = plt.subplots(1, len(splits), figsize=(9 + 5 * (len(splits) - 1), 4.5), squeeze=False, sharey=True)
     entries = list(dict.fromkeys(entry for entry, _ in histories))
     colours = dict(zip(entries, _colours(len(entries))))
-    labelled = set()
-    for (entry, seed), history in histories.items():
-        style, width = LINE_STYLE.get(roles.get(entry, "baseline"), ("-", 1.0))
-        ax.plot([h["epoch"] for h in history], [h.get(f"valid_{metric}") for h in history], style,
-                color=colours[entry], linewidth=width, label=None if entry in labelled else entry)
-        labelled.add(entry)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {metric}")
-    ax.set_title(title)
+    for ax, split in zip(axes[0], splits):
+        labelled = set()
+        for (entry, seed), history in histories.items():
+            points = [(h["epoch"], h[f"{split}_{metric}"]) for h in history if f"{split}_{metric}" in h]
+            if not points:
+                continue
+            style, width = LINE_STYLE.get(roles.get(entry, "baseline"), ("-", 1.0))
+            ax.plot(*zip(*points), style, color=colours[entry], linewidth=width,
+                    label=None if entry in labelled else entry)
+            labelled.add(entry)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{'validation' if split == 'valid' else 'test'} {metric}")
+    axes[0][0].set_title(title)
     if entries:
-        _legend_outside(ax)
+        _legend_outside(axes[0][-1])
     return _save(fig, path)
 
 
