@@ -1,5 +1,6 @@
-"""The tables of an experiment: mean +- std over seeds, the reference against the best baseline, and
-cold-start groups; Markdown and CSV, plus the plots of ``mp4sr.report.plots``.
+"""The tables of an experiment: mean +- std over seeds, the reference against the best baseline, each
+ablation against the reference, and cold-start groups; Markdown and CSV, plus the plots of
+``mp4sr.report.plots``.
 
 Input: one ``RunResult`` per finished final run (entry, dataset, seed, grid point, metrics, per-user
 test ranks, epoch history). Where an entry has a hyper-parameter grid, the point with the best mean
@@ -74,11 +75,10 @@ def per_user_metrics(results: list[RunResult], ks) -> dict[tuple[str, str], dict
 
 
 def significance_frame(results: list[RunResult], summary: pd.DataFrame, metrics: list[str],
-                       test: str = "ttest") -> pd.DataFrame:
+                       test: str = "ttest", alpha: float = 0.05) -> pd.DataFrame:
     """Per dataset and metric: the reference entry against the baseline with the best mean, paired over
-    users (each user's metric averaged over seeds): paired t-test and Wilcoxon signed-rank p-values."""
-    from scipy import stats
-
+    users (each user's metric averaged over seeds): paired t-test and Wilcoxon signed-rank p-values, and
+    the smallest difference the t-test detects on these users (``minimal_detectable_effect``)."""
     ks = sorted({int(m.split("@")[1]) for m in metrics})
     users = per_user_metrics(results, ks)
     rows = []
@@ -91,13 +91,57 @@ def significance_frame(results: list[RunResult], summary: pd.DataFrame, metrics:
         for m in metrics:
             best = baselines.loc[baselines[f"{m}_mean"].idxmax(), "entry"]
             a, b = users[(dataset, ref)][m], users[(dataset, best)][m]
-            rows.append({
-                "dataset": dataset, "metric": m, "reference": ref, "best_baseline": best,
-                "reference_mean": float(a.mean()), "baseline_mean": float(b.mean()),
-                "improvement_pct": 100.0 * (a.mean() - b.mean()) / b.mean() if b.mean() > 0 else float("nan"),
-                "n_users": len(a), "p_ttest": _p(stats.ttest_rel, a, b), "p_wilcoxon": _p(stats.wilcoxon, a, b),
-            })
-    frame = pd.DataFrame(rows)
+            rows.append({"dataset": dataset, "metric": m, "reference": ref, "best_baseline": best,
+                         "reference_mean": float(a.mean()), "baseline_mean": float(b.mean()),
+                         "improvement_pct": _pct(a.mean() - b.mean(), b.mean()), **_paired(a, b, alpha)})
+    return _with_p(pd.DataFrame(rows), test)
+
+
+def ablation_frame(results: list[RunResult], summary: pd.DataFrame, metrics: list[str],
+                   test: str = "ttest", alpha: float = 0.05) -> pd.DataFrame:
+    """Per dataset, ablation entry and metric: the ablation against the reference, paired over users as in
+    ``significance_frame``; ``change_pct`` is the ablation's mean relative to the reference's."""
+    ks = sorted({int(m.split("@")[1]) for m in metrics})
+    users = per_user_metrics(results, ks)
+    rows = []
+    for dataset, table in summary.groupby("dataset", sort=False):
+        reference = table[table["role"] == "reference"]
+        if reference.empty:
+            continue
+        ref = reference.iloc[0]["entry"]
+        for entry in table.loc[table["role"] == "ablation", "entry"]:
+            for m in metrics:
+                a, b = users[(dataset, entry)][m], users[(dataset, ref)][m]
+                rows.append({"dataset": dataset, "metric": m, "ablation": entry, "reference": ref,
+                             "ablation_mean": float(a.mean()), "reference_mean": float(b.mean()),
+                             "change_pct": _pct(a.mean() - b.mean(), b.mean()), **_paired(a, b, alpha)})
+    return _with_p(pd.DataFrame(rows), test)
+
+
+def minimal_detectable_effect(a: np.ndarray, b: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference between paired samples ``a`` and ``b`` that a two-sided paired
+    test at level ``alpha`` finds with probability ``power`` (normal approximation, which the thousands
+    of users of a test set justify): (z_{1-alpha/2} + z_power) * sd(a - b) / sqrt(n)."""
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def _paired(a: np.ndarray, b: np.ndarray, alpha: float) -> dict[str, Any]:
+    from scipy import stats
+
+    return {"n_users": len(a), "p_ttest": _p(stats.ttest_rel, a, b), "p_wilcoxon": _p(stats.wilcoxon, a, b),
+            "detectable_pct": _pct(minimal_detectable_effect(a, b, alpha), b.mean())}
+
+
+def _pct(diff: float, base: float) -> float:
+    return 100.0 * float(diff) / float(base) if base > 0 else float("nan")
+
+
+def _with_p(frame: pd.DataFrame, test: str) -> pd.DataFrame:
     if not frame.empty:
         frame["p"] = frame["p_ttest" if test == "ttest" else "p_wilcoxon"]
     return frame
@@ -165,13 +209,28 @@ def significance_markdown(significance: pd.DataFrame) -> str:
     if significance.empty:
         return "(no reference entry with baselines to compare)"
     lines = ["| dataset | metric | reference | best baseline | ref. mean | baseline mean | gain % | users "
-             "| p (t-test) | p (Wilcoxon) |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| p (t-test) | p (Wilcoxon) | detectable % |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for _, r in significance.iterrows():
         lines.append(f"| {r['dataset']} | {_short(r['metric'])} | {r['reference']} | {r['best_baseline']} | "
                      f"{r['reference_mean']:.4f} | {r['baseline_mean']:.4f} | {r['improvement_pct']:+.1f} | "
-                     f"{r['n_users']} | {r['p_ttest']:.2g} | {r['p_wilcoxon']:.2g} |")
+                     f"{r['n_users']} | {r['p_ttest']:.2g} | {r['p_wilcoxon']:.2g} | {r['detectable_pct']:.1f} |")
     return "\n".join(lines)
+
+
+def ablation_markdown(ablations: pd.DataFrame, metrics: list[str]) -> str:
+    """Per dataset: ablations x metrics, 'change % vs the reference (p) [detectable %]'."""
+    parts = []
+    for dataset, table in ablations.groupby("dataset", sort=False):
+        lines = [f"### {dataset} (against {table['reference'].iloc[0]})", "",
+                 "| ablation | " + " | ".join(_short(m) for m in metrics) + " |", "|---|" + "---:|" * len(metrics)]
+        for entry, rows in table.groupby("ablation", sort=False):
+            r = rows.set_index("metric")
+            cells = [f"{r.at[m, 'change_pct']:+.1f} ({r.at[m, 'p']:.2g}) [{r.at[m, 'detectable_pct']:.1f}]"
+                     for m in metrics]
+            lines.append(f"| {entry} | " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def coldstart_markdown(cold: pd.DataFrame, metric: str) -> str:
@@ -205,22 +264,26 @@ def write_experiment_report(results: list[RunResult], out: Path, metrics: list[s
     out.mkdir(parents=True, exist_ok=True)
     chosen = select_points(results, select_metric)
     summary = summary_frame(chosen, metrics)
-    significance = significance_frame(chosen, summary, metrics, test) if not summary.empty else pd.DataFrame()
+    significance = significance_frame(chosen, summary, metrics, test, alpha) if not summary.empty else pd.DataFrame()
+    ablations = ablation_frame(chosen, summary, metrics, test, alpha) if not summary.empty else pd.DataFrame()
     ks = sorted({int(m.split("@")[1]) for m in metrics})
     cold = coldstart_frame(chosen, splits or {}, ks)
     files = {"results_csv": out / "results.csv", "significance_csv": out / "significance.csv",
-             "coldstart_csv": out / "coldstart.csv", "results_md": out / "results.md"}
+             "ablations_csv": out / "ablations.csv", "coldstart_csv": out / "coldstart.csv",
+             "results_md": out / "results.md"}
     summary.to_csv(files["results_csv"], index=False)
     significance.to_csv(files["significance_csv"], index=False)
+    ablations.to_csv(files["ablations_csv"], index=False)
     cold.to_csv(files["coldstart_csv"], index=False)
     if plots and not summary.empty:
         files.update(plotting.experiment_plots(summary, chosen, cold, metrics, select_metric, out / "plots"))
-    files["results_md"].write_text(_report_text(title, summary, significance, cold, metrics, select_metric,
-                                                test, alpha, files, out, len(results)))
+    files["results_md"].write_text(_report_text(title, summary, significance, ablations, cold, metrics,
+                                                select_metric, test, alpha, files, out, len(results)))
     return files
 
 
-def _report_text(title, summary, significance, cold, metrics, select_metric, test, alpha, files, out, n_runs) -> str:
+def _report_text(title, summary, significance, ablations, cold, metrics, select_metric, test, alpha, files, out,
+                 n_runs) -> str:
     test_name = "paired t-test" if test == "ttest" else "Wilcoxon signed-rank test"
     text = [
         f"# {title}", "",
@@ -230,7 +293,13 @@ def _report_text(title, summary, significance, cold, metrics, select_metric, tes
         f"column with p < {alpha} ({test_name} over users, each user's metric averaged over seeds).", "",
         results_markdown(summary, significance, metrics, alpha) if not summary.empty else "(no finished runs)", "",
         "## Reference vs best baseline", "", significance_markdown(significance), "",
+        "Detectable %: the smallest difference (in % of the compared-against mean) that a paired t-test over "
+        f"these users finds with probability 0.8 at level {alpha}; smaller true differences mostly go unseen.", "",
     ]
+    if not ablations.empty:
+        text += ["## Ablations against the reference", "",
+                 f"Each cell: the ablation's mean relative to the reference's in %, the p-value of the "
+                 f"{test_name} over users in parentheses, the detectable difference in % in brackets.", "", ablation_markdown(ablations, metrics), ""]
     if not cold.empty:
         text += ["## Cold start", "", coldstart_markdown(cold, "ndcg@10" if "ndcg@10" in cold else metrics[0]), ""]
     plots = [p for name, p in files.items() if name.startswith("plot_")]
