@@ -22,6 +22,7 @@ from mp4sr.data import leave_one_out, load_dataset
 from mp4sr.features import feature_stores
 from mp4sr.models import ModelContext, build_model
 from mp4sr.train import Trainer
+from mp4sr.train.allocator import keep_freed_memory
 
 AUTHORS = {"pretrain": (60, 86), "finetune": (58, 76)}
 
@@ -44,13 +45,15 @@ def main() -> None:
     p.add_argument("--dataset", default="amazon-scientific-mm")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--forms", default="prefix,sequence", help="training forms to time, comma-separated")
     args = p.parse_args()
+    kept = keep_freed_memory()  # as Trainer.fit does; MP4SR_MALLOC=default turns it off
     dataset = load_dataset(args.dataset)
     split = leave_one_out(dataset)
     stores = {m: s for m, s in feature_stores(dataset, progress=False).items() if s is not None}
     context = ModelContext(dataset.n_items, 50, split.train_counts(), features=stores)
     rows = []
-    for mode in ("prefix", "sequence"):
+    for mode in args.forms.split(","):
         torch.manual_seed(0)
         sasrec = epoch_seconds(build_model("sasrec", {}, context), split, mode, args.batch_size, args.epochs)
         rows.append(("sasrec", mode, sasrec, sasrec))
@@ -58,7 +61,8 @@ def main() -> None:
             torch.manual_seed(0)
             model = build_model("mp4sr", {"stage": stage}, context)
             rows.append((f"mp4sr-{stage}", mode, epoch_seconds(model, split, mode, args.batch_size, args.epochs), sasrec))
-    print(f"\n{args.dataset}: batch {args.batch_size}, median of {args.epochs} epochs, {torch.get_num_threads()} threads")
+    print(f"\n{args.dataset}: batch {args.batch_size}, median of {args.epochs} epochs, {torch.get_num_threads()} threads, "
+          f"{'freed memory kept' if kept else 'glibc malloc defaults'}")
     print(f"{'model':16s} {'form':9s} {'s/epoch':>8s} {'/ SASRec':>9s} {'authors s':>10s} {'x faster':>10s}")
     for name, mode, seconds, sasrec in rows:
         stage = name.split("-")[-1]

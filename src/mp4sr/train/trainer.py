@@ -26,6 +26,7 @@ from mp4sr.errors import ConfigError, MP4SRError
 from mp4sr.evaluate.metrics import mean_metrics
 from mp4sr.evaluate.ranking import RankingResult, full_ranking
 from mp4sr.train import distributed
+from mp4sr.train.allocator import keep_freed_memory
 from mp4sr.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -277,6 +278,7 @@ class Trainer:
         s = self.settings
         if s.threads:
             torch.set_num_threads(s.threads)
+        keep_freed_memory()
         seed_everything(s.seed)
         rng = np.random.default_rng(s.seed)
         self.state = TrainState()
