@@ -1,4 +1,7 @@
-"""Text features: sentence splitting, dedupe, reuse, resume after an interruption, shards + merge."""
+"""Text features: sentence splitting, dedupe, reuse, resume after an interruption, parallel runs, shards + merge."""
+
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -78,6 +81,35 @@ def test_resume_after_an_interruption(make_fake_encoder):
     np.testing.assert_array_equal(store.vectors, reference.vectors)
     np.testing.assert_array_equal(store.mask, reference.mask)
     assert not partial_dir(store.path).exists()
+
+
+def test_parallel_runs_build_a_store_once(make_fake_encoder):
+    """Two runs that need the same store at once (experiment jobs): one encodes, the other waits and
+    reuses its store, and neither trips over the other's chunks."""
+    cat, started = _catalogue(), threading.Barrier(2)
+    encoders = [make_fake_encoder(), make_fake_encoder()]
+    for encoder in encoders:
+        fast = encoder.encode
+        encoder.encode = lambda texts, batch_size=64, fast=fast: (time.sleep(0.02), fast(texts, batch_size))[1]
+    stores, errors = [None, None], []
+
+    def build(i):
+        started.wait()
+        try:
+            stores[i] = extract_text(cat, "toy", encoders[i], options=RunOptions(chunk_size=4, progress=False))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(e.n_encoded for e in encoders) == [0, 46]  # every distinct sentence encoded once in all
+    assert sorted(s.computed for s in stores) == [False, True]
+    np.testing.assert_array_equal(stores[0].vectors, stores[1].vectors)
+    assert not partial_dir(stores[0].path).exists()
 
 
 def test_shards_then_merge_equal_one_pass(minilm, hm):

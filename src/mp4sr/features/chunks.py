@@ -138,8 +138,10 @@ def compute_chunked(
     desc: str = "encoding",
     on_chunk: Callable[[int], None] | None = None,
     parts: Sequence[Path] = (),
+    assemble: bool = True,
 ) -> ChunkResult | None:
-    """All inputs' vectors, or None when this shard is done but others still are not.
+    """All inputs' vectors, or None when this shard is done but others still are not (or ``assemble`` is
+    False: compute the chunks, read nothing back).
 
     ``on_chunk(c)`` is called after chunk ``c`` is saved (progress reporting, tests of resuming).
     With ``allow_compute=False`` (merging shards) nothing is computed and missing chunks are an error;
@@ -162,7 +164,7 @@ def compute_chunked(
             bar.update(len(part))
             if on_chunk is not None:
                 on_chunk(c)
-    if missing_chunks(folder, n_chunks):
+    if not assemble or missing_chunks(folder, n_chunks):
         return None
     return _concat([_load_chunk(_chunk_path(folder, c)) for c in range(n_chunks)])
 

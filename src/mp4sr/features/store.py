@@ -11,26 +11,32 @@ A store is a folder ``cache_dir()/features/<dataset>/<modality>-<key>/`` holding
 Every store is built from a *table* of distinct vectors [m, d] and *slots* [n_items, k] that point
 into it (-1 = absent): identical sentences or images are computed once and imports are a row join.
 Stores are written to a temporary folder and renamed into place, so a reader never sees half a store.
+Processes that would build the same store take turns (``building``): the first builds it, the others
+then find it and reuse it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from mp4sr.errors import DataError
 from mp4sr.paths import cache_dir
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 _FILL_BLOCK = 65536  # items written per step, so a large store never needs [n, k, d] in memory twice
@@ -71,6 +77,27 @@ def slug(text: str) -> str:
 def store_dir(dataset: str, modality: str, key: str) -> Path:
     """Where a store lives: under the cache, never beside the data (which may be read-only)."""
     return cache_dir() / "features" / slug(dataset) / f"{slug(modality)}-{slug(key)}"
+
+
+@contextmanager
+def building(path: Path) -> Iterator[None]:
+    """Hold the right to build the store at ``path`` (and its '.partial' chunks) in this process.
+
+    Parallel runs (``mp4sr experiment --jobs``, several CLI calls) often need the same store at once;
+    without turns each would encode everything and one would delete the chunks another is writing.
+    Check ``reusable`` again once inside: the process that waited usually finds the store built.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path.parent / f".{path.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process that is building %s", path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class FeatureStore:
@@ -288,22 +315,26 @@ def join_stores(name: str, modality: str, stores: Sequence[FeatureStore | None],
     found = reusable(path, input_hash)
     if found is not None:
         return found
-    k = max(s.max_vectors for s in present)
-    tables, slots, rows = [], [], 0
-    for s, n in zip(stores, sizes):
-        part = np.full((n, k), -1, dtype=np.int64)
-        if s is not None:
-            mask = np.asarray(s.mask, dtype=bool)
-            tables.append(np.asarray(s.vectors[mask], dtype=np.float32))
-            part[:, : s.max_vectors][mask] = rows + np.arange(int(mask.sum()))
-            rows += int(mask.sum())
-        slots.append(part)
-    manifest = {
-        "modality": modality, "dataset": name, "encoder": " + ".join(encoders), "mode": "joined",
-        "sources": [str(s.path) if s else None for s in stores], "input_hash": input_hash,
-    }
-    return write_store(path, np.concatenate(tables), np.concatenate(slots), item_ids, manifest,
-                       dtype="float32" if any(s.manifest.get("dtype") == "float32" for s in present) else "float16")
+    with building(path):  # parallel runs joining the same datasets
+        found = reusable(path, input_hash)
+        if found is not None:
+            return found
+        k = max(s.max_vectors for s in present)
+        tables, slots, rows = [], [], 0
+        for s, n in zip(stores, sizes):
+            part = np.full((n, k), -1, dtype=np.int64)
+            if s is not None:
+                mask = np.asarray(s.mask, dtype=bool)
+                tables.append(np.asarray(s.vectors[mask], dtype=np.float32))
+                part[:, : s.max_vectors][mask] = rows + np.arange(int(mask.sum()))
+                rows += int(mask.sum())
+            slots.append(part)
+        manifest = {
+            "modality": modality, "dataset": name, "encoder": " + ".join(encoders), "mode": "joined",
+            "sources": [str(s.path) if s else None for s in stores], "input_hash": input_hash,
+        }
+        return write_store(path, np.concatenate(tables), np.concatenate(slots), item_ids, manifest,
+                           dtype="float32" if any(s.manifest.get("dtype") == "float32" for s in present) else "float16")
 
 
 def _replace_dir(new: Path, target: Path) -> None:
