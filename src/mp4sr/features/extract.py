@@ -23,7 +23,7 @@ from mp4sr.data import ItemCatalogue
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.features.chunks import ChunkResult, Encode, Shard, compute_chunked, partial_dir
 from mp4sr.features.images import MODES, ImageEncoder, load_image_encoder, read_images
-from mp4sr.features.store import FeatureStore, building, digest, ids_digest, reusable, store_dir, write_store
+from mp4sr.features.store import FeatureStore, digest, ids_digest, reusable, reuse_or_build, store_dir, write_store
 from mp4sr.features.text import TextEncoder, item_sentences, load_text_encoder
 
 log = logging.getLogger(__name__)
@@ -73,38 +73,30 @@ def build_slots(per_item: list[list[Hashable]], order: Callable[[Any], Any] | No
 def _run(job: _Job, opts: RunOptions) -> FeatureStore | None:
     """Reuse the store if its inputs are unchanged; else compute (this shard of) it; None = shard done.
 
-    One process at a time builds a store (``building``); shards compute their own chunks side by side
-    and take turns only to assemble the store."""
+    One process at a time builds a store (``reuse_or_build``); shards compute their own chunks side by
+    side and take turns only to assemble the store."""
     inputs, slots = build_slots(job.per_item, job.order)
     if not inputs:
         raise DataError(f"no item of {job.dataset!r} has {job.modality} to encode")
     input_hash = digest(job.identity, opts.dtype, job.fingerprint(inputs),
                         hashlib.sha256(slots.tobytes()).hexdigest(), ids_digest(job.item_ids))
     path = store_dir(job.dataset, job.modality, job.key)
-    store = _reuse(path, input_hash, job)
-    if store is not None:
-        return store
     started = time.perf_counter()
     folder = partial_dir(path)
 
-    def compute(assemble: bool = True):
+    def compute(assemble: bool = True) -> ChunkResult | None:
         return compute_chunked(
             inputs, job.encode, folder, input_hash, opts.chunk_size, shard=opts.shard,
             allow_compute=opts.merge_parts is None, progress=opts.progress, desc=job.desc,
             on_chunk=opts.on_chunk, parts=opts.merge_parts or (), assemble=assemble,
         )
 
-    if opts.shard is not None:
-        compute(assemble=False)
-    with building(path):
-        store = _reuse(path, input_hash, job)
-        if store is not None:
-            return store
+    def build() -> FeatureStore | None:
         result = compute()
         if result is None:
             return None
         _report(result.problems, job)
-        slots = np.where((slots >= 0) & result.ok[np.maximum(slots, 0)], slots, -1)
+        kept = np.where((slots >= 0) & result.ok[np.maximum(slots, 0)], slots, -1)
         manifest = {
             "modality": job.modality, "dataset": job.dataset, **job.identity, "input_hash": input_hash,
             "n_inputs": len(inputs), "seconds": round(time.perf_counter() - started, 2),
@@ -112,16 +104,15 @@ def _run(job: _Job, opts: RunOptions) -> FeatureStore | None:
         }
         notes = {job.notes_file: dict(zip(map(str, inputs), result.notes))} if job.notes_file and result.notes else None
         encoder = job.identity.get("encoder")
-        store = write_store(path, result.vectors, slots, job.item_ids, manifest, opts.dtype, notes,
+        store = write_store(path, result.vectors, kept, job.item_ids, manifest, opts.dtype, notes,
                             source=lambda row: f"{job.modality} encoder {encoder} on {inputs[row]!r}")
         shutil.rmtree(folder, ignore_errors=True)
-    store.computed = True
-    return store
+        return store
 
-
-def _reuse(path: Path, input_hash: str, job: _Job) -> FeatureStore | None:
-    store = reusable(path, input_hash)
-    if store is not None:
+    if opts.shard is not None and reusable(path, input_hash) is None:
+        compute(assemble=False)  # side by side with the other shards
+    store = reuse_or_build(path, input_hash, build)
+    if store is not None and not store.computed:
         log.info("%s features of %s: reusing %s (same inputs)", job.modality, job.dataset, path)
     return store
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from mp4sr.data.readers import _lines, _read_index  # the validated line and 'id<TAB>index' readers of the data layer
 from mp4sr.errors import ConfigError, DataError
-from mp4sr.features.store import FeatureStore, building, digest, ids_digest, reusable, store_dir, write_store
+from mp4sr.features.store import FeatureStore, digest, ids_digest, reuse_or_build, store_dir, write_store
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +96,10 @@ def import_vectors(
         file_hash = hashlib.file_digest(f, "sha256").hexdigest()
     input_hash = digest("import", file_hash, ids_digest(sources), ids_digest(targets), table.shape[1], dtype)
     out = store_dir(dataset, modality, f"import-{name or path.name}")
-    store = reusable(out, input_hash)
-    if store is not None:
-        return store
     manifest = {"modality": modality, "dataset": dataset, "encoder": name or path.name, "mode": "imported",
                 "source": str(path), "source_items": len(sources), "input_hash": input_hash}
-    with building(out):
-        store = reusable(out, input_hash)
-        if store is not None:
-            return store
-        store = write_store(out, table, slots, targets, manifest, dtype, source=lambda row: f"row {row} of {path}")
-    log.info("imported %s vectors for %d of %d items of %s from %s", modality, matched, len(targets), dataset, path)
-    store.computed = True
+    store = reuse_or_build(out, input_hash, lambda: write_store(out, table, slots, targets, manifest, dtype,
+                                                                source=lambda row: f"row {row} of {path}"))
+    if store.computed:
+        log.info("imported %s vectors for %d of %d items of %s from %s", modality, matched, len(targets), dataset, path)
     return store

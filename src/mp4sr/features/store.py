@@ -11,7 +11,7 @@ A store is a folder ``cache_dir()/features/<dataset>/<modality>-<key>/`` holding
 Every store is built from a *table* of distinct vectors [m, d] and *slots* [n_items, k] that point
 into it (-1 = absent): identical sentences or images are computed once and imports are a row join.
 Stores are written to a temporary folder and renamed into place, so a reader never sees half a store.
-Processes that would build the same store take turns (``building``): the first builds it, the others
+Processes that would build the same store take turns (``reuse_or_build``): the first builds it, the others
 then find it and reuse it.
 """
 
@@ -80,13 +80,8 @@ def store_dir(dataset: str, modality: str, key: str) -> Path:
 
 
 @contextmanager
-def building(path: Path) -> Iterator[None]:
-    """Hold the right to build the store at ``path`` (and its '.partial' chunks) in this process.
-
-    Parallel runs (``mp4sr experiment --jobs``, several CLI calls) often need the same store at once;
-    without turns each would encode everything and one would delete the chunks another is writing.
-    Check ``reusable`` again once inside: the process that waited usually finds the store built.
-    """
+def _turn(path: Path) -> Iterator[None]:
+    """Hold the right to build the store at ``path`` (and its '.partial' chunks) in this process."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path.parent / f".{path.name}.lock")
     try:
@@ -98,6 +93,27 @@ def building(path: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def reuse_or_build(path: Path, input_hash: str, build: Callable[[], "FeatureStore | None"]) -> "FeatureStore | None":
+    """The store at ``path`` if it was built from these inputs, else what ``build()`` writes there (marked
+    ``computed``; None passes through, e.g. a shard whose siblings are not done).
+
+    Parallel runs (``mp4sr experiment --jobs``, several CLI calls) often need the same store at once;
+    without turns each would encode everything and one would delete the chunks another is writing. So
+    one process at a time builds, and one that waited finds the store built and reuses it.
+    """
+    store = reusable(path, input_hash)
+    if store is not None:
+        return store
+    with _turn(path):
+        store = reusable(path, input_hash)
+        if store is not None:
+            return store
+        store = build()
+    if store is not None:
+        store.computed = True
+    return store
 
 
 class FeatureStore:
@@ -312,13 +328,8 @@ def join_stores(name: str, modality: str, stores: Sequence[FeatureStore | None],
     input_hash = digest([s.manifest.get("input_hash") if s else None for s in stores], list(sizes), FORMAT_VERSION)
     encoders = list(dict.fromkeys(str(s.manifest.get("encoder")) for s in present))
     path = store_dir(name, modality, f"join-{input_hash[:16]}")
-    found = reusable(path, input_hash)
-    if found is not None:
-        return found
-    with building(path):  # parallel runs joining the same datasets
-        found = reusable(path, input_hash)
-        if found is not None:
-            return found
+
+    def join() -> FeatureStore:
         k = max(s.max_vectors for s in present)
         tables, slots, rows = [], [], 0
         for s, n in zip(stores, sizes):
@@ -333,8 +344,10 @@ def join_stores(name: str, modality: str, stores: Sequence[FeatureStore | None],
             "modality": modality, "dataset": name, "encoder": " + ".join(encoders), "mode": "joined",
             "sources": [str(s.path) if s else None for s in stores], "input_hash": input_hash,
         }
-        return write_store(path, np.concatenate(tables), np.concatenate(slots), item_ids, manifest,
-                           dtype="float32" if any(s.manifest.get("dtype") == "float32" for s in present) else "float16")
+        dtype = "float32" if any(s.manifest.get("dtype") == "float32" for s in present) else "float16"
+        return write_store(path, np.concatenate(tables), np.concatenate(slots), item_ids, manifest, dtype)
+
+    return reuse_or_build(path, input_hash, join)
 
 
 def _replace_dir(new: Path, target: Path) -> None:
