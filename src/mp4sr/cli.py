@@ -200,6 +200,8 @@ def features(
     keywords: int = typer.Option(15, "--keywords", help="words kept per image in keywords mode"),
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", help="word list for CLIP keywords (default: ImageNet classes)"),
     dtype: str = typer.Option("float16", "--dtype", help="float16 | float32"),
+    text_vectors: Optional[Path] = typer.Option(None, "--text-vectors", help="import these text vectors: a .parquet/.npz keyed by item id, a folder of <id>.pth|.npy files, or a .npy/raw float32 matrix in the dataset's item order (train with --set features.text_vectors=PATH)."),
+    image_vectors: Optional[Path] = typer.Option(None, "--image-vectors", help="import these image vectors (the same forms; train with --set features.image_vectors=PATH)."),
 ) -> None:
     """Compute (or import) item text and image vectors into the feature cache.
 
@@ -211,7 +213,8 @@ def features(
     from mp4sr.train import distributed
 
     settings = dict(no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from, text_pooling=text_pooling,
-                    n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+                    n_keywords=keywords, vocabulary=vocabulary, dtype=dtype, text_vectors=text_vectors,
+                    image_vectors=image_vectors)
     one_shard_per_process = shard is None and distributed.launched()
     if one_shard_per_process:
         distributed.init_from_env(timeout=timedelta(days=2), cpu_only=True)  # shards may take long

@@ -80,6 +80,9 @@ class FeatureSettings(Section):
     image_mode: Literal["embed", "keywords"] = "embed"
     image_from: str | None = Field("auto", description="a dataset whose image vectors to join by item id")
     max_vectors: int = Field(10, ge=1, description="vectors kept per item (sentences, fields, images)")
+    text_vectors: str | None = Field(None, description="precomputed text vectors to import instead: a .parquet/.npz "
+                                     "keyed by item id, a folder of <id>.pth|.npy files, or a matrix in item order")
+    image_vectors: str | None = Field(None, description="precomputed image vectors to import instead (same forms)")
 
 
 class RunConfig(Section):

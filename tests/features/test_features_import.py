@@ -1,4 +1,7 @@
-"""Import of precomputed UniSRec / MISSRec vectors, and the ASIN join of amazon-scientific's images."""
+"""Import of precomputed vectors (UniSRec / MISSRec matrices, tables keyed by item id, per-item files), and the
+ASIN join of amazon-scientific's images."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +90,89 @@ def test_a_copied_vector_file_is_the_same_input(tmp_path, cache):
     np.arange(1, 13, dtype="<f4").tofile(copy)  # new contents: imported again
     changed = import_vectors(copy, ids)
     assert changed.computed and changed.content_hash != first.content_hash
+
+
+# --------------------------------------------------------------------------- vectors keyed by item id, per-item files
+
+
+def _real_toys_files(shared_data, tmp_path, n=12):
+    """n real CLIP text-vector files of amazon-toys-mm, copied into a folder of <id>.pth files."""
+    source = shared_data / "amazon-toys-mm" / "text_features"
+    folder = tmp_path / "vectors"
+    folder.mkdir()
+    names = sorted(p.name for p in source.iterdir())[:n]
+    for name in names:
+        (folder / name).write_bytes((source / name).read_bytes())
+    return folder, [Path(n).stem for n in names]
+
+
+def test_import_a_folder_of_per_item_pth_files(shared_data, tmp_path):
+    import torch
+
+    folder, ids = _real_toys_files(shared_data, tmp_path)
+    (folder / f"{ids[3]}.pth").write_bytes(b"PK\x03\x04 damaged")  # an unreadable file is masked and reported
+    (folder / f"{ids[5]}.pth").unlink()  # a missing file is a missing vector
+    targets = ids + ["NOT-THERE"]
+    store = import_vectors(folder, targets, modality="text", dataset="toys-subset")
+    assert store.vectors.shape == (13, 1, 512)
+    assert store.item_present.tolist() == [i not in (3, 5, 12) for i in range(13)]
+    assert store.manifest["n_problems"] == 1 and ids[3] in store.manifest["problems"][0]
+    expected = torch.load(shared_data / "amazon-toys-mm" / "text_features" / f"{ids[0]}.pth", weights_only=True)
+    np.testing.assert_allclose(store.vectors[0, 0], expected.numpy(), rtol=1e-3, atol=1e-3)
+    assert import_vectors(folder, targets, modality="text", dataset="toys-subset").computed is False  # reused
+
+
+def test_the_toys_dataset_ships_its_clip_vectors(shared_data):
+    from mp4sr.data import load_dataset
+
+    toys = load_dataset(shared_data / "amazon-toys-mm")
+    stores = feature_stores(toys, text=None)  # the 11,907 image vectors of item_feature.jsonl, no encoder
+    image = stores["image"]
+    assert image.vectors.shape == (11924, 1, 512) and int(image.item_present.sum()) == 11907
+    assert image.manifest["mode"] == "imported" and stores["text"] is None
+
+
+def test_import_parquet_and_npz_keyed_by_item_id(tmp_path):
+    import pandas as pd
+
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    ids = ["d", "b", "a", "c"]  # any order: rows are matched by id
+    pd.DataFrame({"item_id": ids, "embedding": list(vectors)}).to_parquet(tmp_path / "lists.parquet")
+    pd.DataFrame({"asin": ids, **{f"v{j}": vectors[:, j] for j in range(3)}}).to_parquet(tmp_path / "columns.parquet")
+    np.savez(tmp_path / "vectors.npz", ids=np.array(ids), vectors=vectors)
+    targets = ["a", "b", "c", "e"]
+    for name in ("lists.parquet", "columns.parquet", "vectors.npz"):
+        store = import_vectors(tmp_path / name, targets, dtype="float32")
+        assert store.item_present.tolist() == [True, True, True, False], name
+        np.testing.assert_array_equal(store.vectors[:3, 0], vectors[[2, 1, 3]])
+
+
+@pytest.mark.parametrize("frame, message", [
+    ({"name": ["a"], "v": [1.0]}, r"no id column"),
+    ({"item_id": ["a", "a"], "v": [1.0, 2.0]}, r"an item id appears twice"),
+    ({"item_id": ["a", "b"], "v": [[1.0], [1.0, 2.0]]}, r"does not hold vectors of one size"),
+])
+def test_bad_keyed_tables_are_clear_errors(tmp_path, frame, message):
+    import pandas as pd
+
+    pd.DataFrame(frame).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=message):
+        import_vectors(tmp_path / "bad.parquet", ["a", "b"])
+
+
+def test_features_cli_imports_given_vectors_for_training(tmp_path, scientific_mm):
+    """`--text-vectors` on `mp4sr features` and `features.text_vectors` in training name the same import."""
+    import pandas as pd
+
+    from mp4sr.features.api import run_features
+
+    rng = np.random.default_rng(0)
+    ids = [str(i) for i in scientific_mm.items.ids]
+    pd.DataFrame({"item_id": ids[::-1], "vector": list(rng.standard_normal((len(ids), 16)).astype(np.float32))}
+                 ).to_parquet(tmp_path / "mine.parquet")
+    lines = []
+    stores = run_features(str(scientific_mm.source), no_image=True, text_vectors=tmp_path / "mine.parquet", echo=lines.append)
+    assert stores["text"].dim == 16 and stores["text"].item_present.all()
+    assert "imported from" in lines[0] and "mine.parquet" in lines[0]
+    again = feature_stores(scientific_mm, image=None, text_vectors=str(tmp_path / "mine.parquet"))["text"]
+    assert again.path == stores["text"].path and not again.computed

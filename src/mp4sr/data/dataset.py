@@ -14,6 +14,16 @@ import numpy as np
 from mp4sr.errors import DataError
 
 
+@dataclass(frozen=True)
+class VectorFiles:
+    """Precomputed vectors kept one file per item (``.pth`` tensors or ``.npy`` arrays): item id -> file.
+    ``listing`` is where the files were named (a listing file or their folder), for messages and names.
+    Items without an entry, or whose file is absent, have no vector."""
+
+    files: dict[str, Path]
+    listing: Path
+
+
 @dataclass
 class ItemCatalogue:
     """External ids of the items (row i = item index i) and their optional content.
@@ -113,8 +123,9 @@ class Dataset:
     user_ids: np.ndarray
     sequences: Sequences
     source: Path | None = None
-    # Features that came with the data (e.g. precomputed CLIP vectors): name -> path of the raw file.
-    extras: dict[str, Path] = field(default_factory=dict)
+    # Vectors that came with the data (e.g. precomputed CLIP vectors), 'text_vectors' / 'image_vectors':
+    # the path of a matrix file, or one file per item.
+    extras: dict[str, Path | VectorFiles] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.user_ids = np.asarray(self.user_ids, dtype=object)

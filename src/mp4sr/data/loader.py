@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from mp4sr.data.dataset import Dataset
-from mp4sr.data.readers import read_atomic, read_s3rec, read_table, read_unisrec
+from mp4sr.data.readers import MMSREC_ITEMS, MMSREC_SEQUENCES, read_atomic, read_mmsrec, read_s3rec, read_table, read_unisrec
 from mp4sr.errors import DataError
 from mp4sr.paths import DATA_ENV, data_roots
 
 
 def detect_format(folder: Path) -> str | None:
-    """'unisrec', 's3rec', 'atomic', 'table' or None, from the files in a folder."""
+    """'unisrec', 'mmsrec', 's3rec', 'atomic', 'table' or None, from the files in a folder."""
     if any(folder.glob("*.train.inter")) and any(folder.glob("*.item2index")):
         return "unisrec"
+    if (folder / MMSREC_SEQUENCES).is_file() and (folder / MMSREC_ITEMS).is_file():
+        return "mmsrec"
     if any(p.name.count(".") == 1 for p in folder.glob("*.inter")):
         return "atomic"
     if any(folder.glob("interactions.csv")) or any(folder.glob("interactions.parquet")):
@@ -62,6 +64,8 @@ def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Da
     fmt = detect_format(path)
     if fmt == "unisrec":
         return read_unisrec(path)
+    if fmt == "mmsrec":
+        return read_mmsrec(path)
     if fmt == "atomic":
         return read_atomic(path, user_core=user_core, item_core=item_core)
     if fmt == "table":
@@ -72,7 +76,7 @@ def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Da
         return read_s3rec(next(path.glob("*.txt")), name=path.name)
     raise DataError(
         "no supported dataset files here: expected the UniSRec layout (*.train.inter, *.item2index), "
-        "a RecBole atomic <name>.inter, interactions.csv|parquet, or one S3-Rec <name>.txt",
+        f"the MMSRec layout ({MMSREC_SEQUENCES}, {MMSREC_ITEMS}), a RecBole atomic <name>.inter, interactions.csv|parquet, or one S3-Rec <name>.txt",
         path,
     )
 

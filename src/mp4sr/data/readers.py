@@ -5,6 +5,8 @@
 - S3-Rec layout: one ``user item item ...`` line per user, chronological.
 - RecBole atomic files: ``X.inter`` with ``name:type`` headers, optional ``X.item``.
 - A table (CSV or Parquet) of (user, item, timestamp), with an optional item table.
+- MMSRec layout: ``test_seq.jsonl`` sequences, ``item.jsonl`` / ``item_feature.jsonl`` naming per-item
+  text, photo and vector files.
 
 Raw interaction logs (atomic, table) go through ``from_interactions``: duplicates dropped (the last
 kept), k-core filtered, timestamp ties broken by file order, sequences sorted by time.
@@ -12,13 +14,16 @@ kept), k-core filtered, timestamp ties broken by file order, sequences sorted by
 
 from __future__ import annotations
 
+import html
+import json
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-from mp4sr.data.dataset import Dataset, ItemCatalogue, Sequences
+from mp4sr.data.dataset import Dataset, ItemCatalogue, Sequences, VectorFiles
 from mp4sr.errors import DataError
 
 UNISREC_INTER_HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
@@ -391,4 +396,120 @@ def read_table(
     return from_interactions(
         log, name or path.parent.name, items, user_core, item_core, text_fields, image_field, path,
         image_root=None if items_path is None else Path(items_path).parent,
+    )
+
+
+# --------------------------------------------------------------------------- MMSRec layout
+
+MMSREC_SEQUENCES = "test_seq.jsonl"
+MMSREC_ITEMS = "item.jsonl"
+MMSREC_ITEM_VECTORS = "item_feature.jsonl"
+# where each kind of file named in the item files lies: only the file name of a written path counts
+MMSREC_FOLDERS = {"texts": "texts", "visions": "visions", "text_vectors": "text_features", "image_vectors": "vision_features"}
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON ({e.msg} at column {e.colno})", path, number) from None
+
+
+def _mmsrec_items(path: Path) -> dict[str, dict[str, Any]]:
+    """id -> the JSON object of each item of ``item.jsonl`` / ``item_feature.jsonl``, in file order."""
+    items: dict[str, dict[str, Any]] = {}
+    for number, record in _json_lines(path):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or not record["id"]:
+            raise DataError('expected an object {"id": ..., "text": path, "vision": path or null}', path, number)
+        for key in ("text", "vision"):
+            if record.get(key) is not None and not isinstance(record[key], str):
+                raise DataError(f"field {key!r} of item {record['id']!r} is not a path or null", path, number)
+        if record["id"] in items:
+            raise DataError(f"item {record['id']!r} appears twice", path, number)
+        items[record["id"]] = record
+    if not items:
+        raise DataError("empty file: expected one JSON object per item", path)
+    return items
+
+
+def _named_file(folder: Path, written: str | None) -> Path | None:
+    """The file a path written by the producing machine names, inside ``folder``; None if absent."""
+    if not written:
+        return None
+    found = folder / Path(written.replace("\\", "/")).name
+    return found if found.is_file() else None
+
+
+_MMSREC_LABEL = re.compile(r"(?:^|\s;\s*)([A-Z][A-Za-z]*):\s")
+MMSREC_ID_LABELS = {"asin"}  # an id standing in for a missing title: not content
+
+
+def parse_mmsrec_text(text: str) -> dict[str, str]:
+    """'Title: ... ; Description: ... ; ' -> {'title': ..., 'description': ...}, HTML entities decoded; a
+    ';' inside a value stays in it. A text without labels is one 'text' field; an 'Asin:' label is dropped."""
+    marks = list(_MMSREC_LABEL.finditer(text))
+    if not marks:
+        return {"text": html.unescape(text.strip(" ;\n"))} if text.strip(" ;\n") else {}
+    fields: dict[str, str] = {}
+    for mark, after in zip(marks, [*marks[1:], None]):
+        key = mark.group(1).lower()
+        value = html.unescape(text[mark.end() : after.start() if after else len(text)].strip().rstrip(";").strip())
+        if value and key not in MMSREC_ID_LABELS:
+            fields[key] = f"{fields[key]} {value}" if key in fields else value
+    return fields
+
+
+def read_mmsrec(folder: Path, name: str | None = None) -> Dataset:
+    """The MMSRec layout: one JSON array of item ids per line of ``test_seq.jsonl`` (a user's whole
+    sequence, oldest first; users are named by their line number), the items in ``item.jsonl`` order
+    with their texts (``texts/``) and photos (``visions/``), and the per-item vector files of
+    ``item_feature.jsonl`` (``text_features/``, ``vision_features/``) as shipped vectors."""
+    folder = Path(folder)
+    listing = _mmsrec_items(folder / MMSREC_ITEMS)
+    item_ids = list(listing)
+    index = {item: i for i, item in enumerate(item_ids)}
+    users, sequences = [], []
+    path = folder / MMSREC_SEQUENCES
+    for number, seq in _json_lines(path):
+        if not isinstance(seq, list) or not seq or not all(isinstance(i, str) for i in seq):
+            raise DataError("expected a non-empty JSON array of item ids", path, number)
+        unknown = [i for i in seq if i not in index]
+        if unknown:
+            raise DataError(f"item id(s) {unknown[:3]} are not in {MMSREC_ITEMS}", path, number)
+        users.append(str(number))
+        sequences.append([index[i] for i in seq])
+    if not users:
+        raise DataError("empty file: expected one JSON array of item ids per user", path)
+
+    texts_dir, photos_dir = folder / MMSREC_FOLDERS["texts"], folder / MMSREC_FOLDERS["visions"]
+    parsed = []
+    for item in item_ids:
+        text_file = _named_file(texts_dir, listing[item].get("text"))
+        parsed.append(parse_mmsrec_text(text_file.read_text(encoding="utf-8", errors="replace")) if text_file else {})
+    names = list(dict.fromkeys(key for fields in parsed for key in fields))
+    fields = {key: [p.get(key, "") for p in parsed] for key in names}
+    text = [". ".join(v for v in (p.get(key, "") for key in names) if v) for p in parsed]
+    photos = [_named_file(photos_dir, listing[item].get("vision")) for item in item_ids]
+
+    extras: dict[str, Path | VectorFiles] = {}
+    vectors_listing = folder / MMSREC_ITEM_VECTORS
+    if vectors_listing.is_file():
+        named = _mmsrec_items(vectors_listing)
+        for key, field_name in (("text_vectors", "text"), ("image_vectors", "vision")):
+            vectors_dir = folder / MMSREC_FOLDERS[key]
+            files = {item: vectors_dir / Path(str(r[field_name]).replace("\\", "/")).name
+                     for item, r in named.items() if item in index and r.get(field_name)}
+            if files:
+                extras[key] = VectorFiles(files, vectors_listing)
+    return Dataset(
+        name=name or folder.name,
+        items=ItemCatalogue(np.array(item_ids, dtype=object), text=text, fields=fields,
+                            image_paths=[str(p) if p else None for p in photos]),
+        user_ids=np.array(users, dtype=object),
+        sequences=Sequences.from_lists(sequences),
+        source=folder,
+        extras=extras,
     )

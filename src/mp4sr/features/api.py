@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mp4sr.data import Dataset, find_dataset
+from mp4sr.data import Dataset, VectorFiles, find_dataset
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.features.catalogue import ItemSource, load_items
 from mp4sr.features.chunks import Shard
 from mp4sr.features.extract import RunOptions, extract_images, extract_text
 from mp4sr.features.images import MODES
-from mp4sr.features.importing import import_vectors
+from mp4sr.features.importing import VectorSource, import_vectors, source_name
 from mp4sr.features.store import FeatureStore
 from mp4sr.features.text import TextEncoder
 
@@ -31,6 +31,8 @@ class Settings:
     image: str | None = AUTO  # 'auto', 'efficientnet-lite0', a CLIP folder, or None
     image_mode: str = "embed"
     image_from: str | None = AUTO  # a dataset whose precomputed image vectors to join by item id
+    text_vectors: str | Path | None = None  # precomputed vectors to import (see importing.py), over all else
+    image_vectors: str | Path | None = None
     max_vectors: int = 10
     text_pooling: str = AUTO
     n_keywords: int = 15
@@ -51,10 +53,10 @@ Outcome = tuple[FeatureStore | None, str]  # the store (None: none, or this shar
 def _text_store(src: ItemSource, s: Settings) -> Outcome:
     if s.text is None:
         return None, "skipped"
+    if s.text_vectors is not None:
+        return _import_given(src, "text", s.text_vectors, s)
     if s.text == AUTO and "text_vectors" in src.extras:
-        path = Path(src.extras["text_vectors"])
-        store = import_vectors(path, src.catalogue.ids, modality="text", name=path.name, dataset=src.name, dtype=s.dtype)
-        return store, f"imported from {path}"
+        return _import_shipped(src, "text", s)
     cat = src.catalogue
     if not (cat.fields or (cat.text and any(t.strip() for t in cat.text))):
         if s.text != AUTO:
@@ -65,7 +67,18 @@ def _text_store(src: ItemSource, s: Settings) -> Outcome:
     return store, "extracted"
 
 
-def _sibling_vectors(src: ItemSource, image_from: str | None) -> tuple[Path, list[str], str] | None:
+def _import_shipped(src: ItemSource, modality: str, s: Settings) -> Outcome:
+    """The vectors that came with the dataset (a matrix file or one file per item)."""
+    return _import_given(src, modality, src.extras[f"{modality}_vectors"], s)
+
+
+def _import_given(src: ItemSource, modality: str, source: VectorSource, s: Settings) -> Outcome:
+    store = import_vectors(source, src.catalogue.ids, modality=modality, name=source_name(source), dataset=src.name,
+                           dtype=s.dtype, progress=s.progress)
+    return store, f"imported from {store.manifest['source']}"
+
+
+def _sibling_vectors(src: ItemSource, image_from: str | None) -> tuple[VectorSource, list[str], str] | None:
     """Precomputed image vectors of another dataset with the same item ids (e.g. amazon-scientific-mm
     for amazon-scientific): (file, that dataset's item ids, its name), or None."""
     if image_from is None or image_from == "none":
@@ -82,20 +95,20 @@ def _sibling_vectors(src: ItemSource, image_from: str | None) -> tuple[Path, lis
         if image_from == AUTO:
             return None
         raise DataError(f"dataset {name!r} has no precomputed image vectors (a .feat3CLS file) to import")
-    return Path(sibling.extras["image_vectors"]), [str(i) for i in sibling.catalogue.ids], sibling.name
+    return sibling.extras["image_vectors"], [str(i) for i in sibling.catalogue.ids], sibling.name
 
 
 def _image_store(src: ItemSource, s: Settings) -> Outcome:
     if s.image is None:
         return None, "skipped"
+    if s.image_vectors is not None:
+        return _import_given(src, "image", s.image_vectors, s)
     if s.image_mode not in MODES:
         raise ConfigError(f"image mode {s.image_mode!r}: use one of {', '.join(MODES)}")
     paths = src.catalogue.image_paths
     has_files = paths is not None and any(paths)
     if s.image == AUTO and s.image_mode == "embed" and "image_vectors" in src.extras:
-        path = Path(src.extras["image_vectors"])
-        store = import_vectors(path, src.catalogue.ids, modality="image", name=path.name, dataset=src.name, dtype=s.dtype)
-        return store, f"imported from {path}"
+        return _import_shipped(src, "image", s)
     if has_files or s.image != AUTO:
         if not has_files:
             raise DataError(f"the items of {src.name!r} have no image files to encode with {s.image!r}")
@@ -105,16 +118,17 @@ def _image_store(src: ItemSource, s: Settings) -> Outcome:
                                max_vectors=s.max_vectors, options=s.options(256))
         return store, "extracted"
     found = _sibling_vectors(src, s.image_from) or (
-        (Path(src.extras["image_vectors"]), None, src.name) if "image_vectors" in src.extras else None)
+        (src.extras["image_vectors"], None, src.name) if "image_vectors" in src.extras else None)
     if found is None:
         return None, "no images or image vectors for this dataset"
-    path, ids, origin = found
+    source, ids, origin = found
     if s.image_mode != "embed":
         raise ConfigError(f"image_mode 'keywords' needs image files; {src.name!r} only has precomputed image "
-                          f"vectors ({path}). Use image_mode 'embed'.")
-    store = import_vectors(path, src.catalogue.ids, source_item_ids=ids, modality="image",
-                           name=f"{origin}-{path.name}", dataset=src.name, dtype=s.dtype)
-    return store, f"imported from {path}, joined on item id"
+                          f"vectors ({source_name(source)}). Use image_mode 'embed'.")
+    store = import_vectors(source, src.catalogue.ids, source_item_ids=None if isinstance(source, VectorFiles) else ids,
+                           modality="image", name=f"{origin}-{source_name(source)}", dataset=src.name, dtype=s.dtype,
+                           progress=s.progress)
+    return store, f"imported from {store.manifest['source']}, joined on item id"
 
 
 def _build(dataset: str | Path | Dataset | ItemSource, settings: Settings) -> tuple[ItemSource, dict[str, Outcome]]:

@@ -56,7 +56,8 @@ def dataset_features(config: RunConfig, dataset: Dataset, parts: list[Dataset] |
     def stores_of(data: Dataset) -> dict[str, Any]:
         return feature_stores(
             data, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
-            max_vectors=f.max_vectors, progress=config.train.progress,
+            max_vectors=f.max_vectors, text_vectors=f.text_vectors, image_vectors=f.image_vectors,
+            progress=config.train.progress,
         )
 
     if parts and len(parts) > 1:
