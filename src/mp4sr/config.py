@@ -70,6 +70,10 @@ class EvalSettings(Section):
         False, description="also rank the test set after every epoch and record it in epochs.jsonl, for "
         "learning curves (the best epoch is still chosen on validation)",
     )
+    test_both_protocols: bool = Field(
+        False, description="also rank the test set of the best epoch with the user's history items kept and "
+        "excluded (metrics.json: test_by_protocol), so one training reports both protocols",
+    )
 
 
 class FeatureSettings(Section):

@@ -155,6 +155,8 @@ def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
         t0 = time.perf_counter()
         output = train_run(run.config, folder, dataset=dataset)
     np.save(folder / "test_ranks.npy", np.asarray(output.result.test_ranks, dtype=np.int64))
+    for protocol, ranking in output.result.test_by_protocol.items():
+        np.save(folder / f"test_ranks_{protocol}.npy", np.asarray(ranking.ranks, dtype=np.int64))
     (folder / "last.pt").unlink(missing_ok=True)  # only needed to resume this run, which is finished
     record = {
         "key": run.key, "stage": run.stage, "entry": run.entry, "model": run.config.model,
@@ -220,8 +222,11 @@ def load_result(runs_dir: Path, cell: Cell) -> RunResult | None:
     history_file = folder / "epochs.jsonl"
     history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] \
         if history_file.is_file() else []
-    return RunResult(cell.entry, cell.role, cell.dataset, cell.seed, cell.point, metrics["valid"], metrics["test"],
-                     np.load(folder / "test_ranks.npy"), history)
+    if cell.protocol is None:
+        test, ranks = metrics["test"], np.load(folder / "test_ranks.npy")
+    else:  # one of the two rankings of a run with eval.test_both_protocols
+        test, ranks = metrics["test_by_protocol"][cell.protocol], np.load(folder / f"test_ranks_{cell.protocol}.npy")
+    return RunResult(cell.entry, cell.role, cell.dataset, cell.seed, cell.point, metrics["valid"], test, ranks, history)
 
 
 def require_report_libraries() -> None:

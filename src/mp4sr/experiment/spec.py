@@ -54,9 +54,15 @@ from mp4sr.models.base import model_class, parse_model_config
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 # Settings that change how a run is shown or how fast it goes, never its results: not in the key.
 VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
-# Settings added after runs were first stored: left out of the key while at their default, so that the
-# runs stored before a setting existed keep their keys.
-KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": []}, "eval": {"test_every_epoch": False}}
+# The settings that runs were first stored with. Every setting added since is left out of the key while at
+# its default, so that the runs stored before it existed keep their keys.
+FIRST_KEYED = {
+    "data": {"max_len", "training_mode", "user_core", "item_core"},
+    "features": {"text", "image", "image_mode", "image_from", "max_vectors"},
+    "train": {"epochs", "batch_size", "eval_batch_size", "lr", "weight_decay", "clip_grad", "patience", "valid_metric",
+              "seed", "device", "threads", "group_by_length", "progress"},
+    "eval": {"ks", "exclude_history"},
+}
 Role = Literal["baseline", "reference", "ablation"]
 
 
@@ -65,18 +71,24 @@ class _Strict(BaseModel):
 
 
 class DatasetSpec(_Strict):
-    """A dataset, optionally with a cold-item split (``cold_items``: fraction of items held out)."""
+    """A dataset, optionally with a cold-item split (``cold_items``: fraction of items held out).
+
+    ``protocol`` reports the test ranking with the user's history items kept or excluded: its runs rank
+    the test set both ways (``eval.test_both_protocols``), so two entries of one dataset that differ only
+    in ``protocol`` (and ``label``) share their runs."""
 
     name: str
     cold_items: float | None = Field(None, gt=0, lt=1)
     cold_seed: int = 0
     label: str | None = None
+    protocol: Literal["history_kept", "history_excluded"] | None = None
 
     @property
     def key(self) -> str:
         if self.label:
             return self.label
-        return self.name if self.cold_items is None else f"{self.name}-cold{round(self.cold_items * 100)}"
+        key = self.name if self.cold_items is None else f"{self.name}-cold{round(self.cold_items * 100)}"
+        return f"{key}-history-excluded" if self.protocol == "history_excluded" else key
 
 
 class EntrySpec(_Strict):
@@ -204,6 +216,7 @@ class Cell:
     seed: int
     point: str
     key: str
+    protocol: str | None = None  # which of the run's two test rankings (None: its only one)
 
 
 @dataclass
@@ -241,7 +254,7 @@ def make_plan(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = Non
             layers = [spec.defaults, entry.shared, entry.stage, _dotted(point), override_tree]
             run = _planned(entry, "final", layers, dataset, seed, _point_label(point), pre, runs_dir)
             _add(plan, seen, run)
-            plan.cells.append(Cell(entry.name, entry.role, dataset.key, seed, run.point, run.key))
+            plan.cells.append(Cell(entry.name, entry.role, dataset.key, seed, run.point, run.key, dataset.protocol))
     return plan
 
 
@@ -257,6 +270,8 @@ def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetS
                               "stage runs on each of the experiment's datasets")
         dataset = DatasetSpec(name=str(source))  # pre-training on another dataset (transfer)
     fixed: dict[str, Any] = {"model": entry.model, "dataset": dataset.name, "train": {"seed": seed}}
+    if dataset.protocol is not None and stage != "pretrain":
+        fixed["eval"] = {"test_both_protocols": True}
     if pre is not None:
         fixed["init_from"] = str(runs_dir / pre.key / "best.pt")
     config: RunConfig = build_config(RunConfig, base=deep_merge(tree, fixed))
@@ -268,15 +283,15 @@ def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetS
 def run_key(config: RunConfig, dataset: DatasetSpec, pretrain_key: str | None) -> str:
     """12 hex digits of a hash of everything that determines the run's results."""
     tree = config.model_dump(mode="json")
-    for section, defaults in KEY_OMIT_DEFAULT.items():
-        for name, default in defaults.items():
-            if tree[section].get(name) == default:
-                del tree[section][name]
+    defaults = RunConfig().model_dump(mode="json")
+    for section, first in FIRST_KEYED.items():
+        for name in [n for n in tree[section] if n not in first and tree[section][n] == defaults[section].get(n)]:
+            del tree[section][name]
     tree["init_from"] = pretrain_key  # the pre-training run, not where its folder happens to be
     for section, names in VOLATILE.items():
         for name in names:
             tree[section].pop(name, None)
-    tree["dataset_spec"] = dataset.model_dump(mode="json", exclude={"label"})
+    tree["dataset_spec"] = dataset.model_dump(mode="json", exclude={"label", "protocol"})  # same training
     text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 

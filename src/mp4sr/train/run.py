@@ -31,8 +31,11 @@ class RunOutput:
     model: Any
     result: TrainResult
 
-    def metrics(self) -> dict[str, dict[str, float]]:
-        return {"valid": self.result.valid, "test": self.result.test, "best_epoch": self.result.best_epoch}
+    def metrics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"valid": self.result.valid, "test": self.result.test, "best_epoch": self.result.best_epoch}
+        if self.result.test_by_protocol:
+            out["test_by_protocol"] = {name: r.metrics for name, r in self.result.test_by_protocol.items()}
+        return out
 
 
 def checkpoint_payload(config: RunConfig, dataset: Dataset) -> dict[str, Any]:

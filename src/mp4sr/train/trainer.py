@@ -61,6 +61,9 @@ class TrainingInterrupted(MP4SRError):
         self.exit_code = 128 + int(signum)
 
 
+PROTOCOLS = {False: "history_kept", True: "history_excluded"}  # eval.exclude_history -> its name in metrics.json
+
+
 @dataclass
 class EpochRecord:
     epoch: int
@@ -89,6 +92,8 @@ class TrainResult:
     test: dict[str, float]
     test_ranks: np.ndarray
     history: list[EpochRecord] = field(default_factory=list)
+    # with eval.test_both_protocols: 'history_kept' / 'history_excluded' -> the test ranking that way
+    test_by_protocol: dict[str, RankingResult] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,12 +190,14 @@ class Trainer:
         self._signal: int | None = None
         self._epoch_seconds = 0.0
 
-    def evaluate(self, which: str = "valid") -> RankingResult:
+    def evaluate(self, which: str = "valid", exclude_history: bool | None = None) -> RankingResult:
+        """Full ranking of ``which`` set; ``exclude_history`` (default: eval.exclude_history) drops seen items."""
         evalset = self.split.valid if which == "valid" else self.split.test
         shard = (self.rank, self.world) if self.world > 1 else None
+        exclude = self.eval_settings.exclude_history if exclude_history is None else exclude_history
         result = full_ranking(
             self.model, self.values, evalset, self.max_len, self.eval_settings.ks,
-            self.settings.eval_batch_size, self.eval_settings.exclude_history, self.device, shard,
+            self.settings.eval_batch_size, exclude, self.device, shard,
         )
         if shard is None:
             return result
@@ -293,8 +300,14 @@ class Trainer:
         test_result = self.evaluate("test")
         if not trainable:
             self._save_best(0, valid_result.metrics)
+        by_protocol = {}
+        if self.eval_settings.test_both_protocols:
+            other = not self.eval_settings.exclude_history
+            by_protocol = {PROTOCOLS[self.eval_settings.exclude_history]: test_result,
+                           PROTOCOLS[other]: self.evaluate("test", exclude_history=other)}
         st = self.state
-        return TrainResult(st.best_epoch, valid_result.metrics, test_result.metrics, test_result.ranks, st.history)
+        return TrainResult(st.best_epoch, valid_result.metrics, test_result.metrics, test_result.ranks, st.history,
+                           by_protocol)
 
     def _train(self, rng: np.random.Generator) -> dict[str, torch.Tensor] | None:
         """The epochs (from the start, or from where ``last.pt`` stopped); returns the best weights."""
