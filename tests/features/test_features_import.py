@@ -176,3 +176,24 @@ def test_features_cli_imports_given_vectors_for_training(tmp_path, scientific_mm
     assert "imported from" in lines[0] and "mine.parquet" in lines[0]
     again = feature_stores(scientific_mm, image=None, text_vectors=str(tmp_path / "mine.parquet"))["text"]
     assert again.path == stores["text"].path and not again.computed
+
+
+def test_toys_text_and_photos_can_be_encoded_instead_of_imported(shared_data, tmp_path, minilm):
+    """The same items, with our own encoders: MiniLM on the raw texts and EfficientNet-Lite0 on the photos."""
+    from mp4sr.data import load_dataset
+    from mp4sr.data.dataset import Dataset, Sequences
+
+    toys = load_dataset(shared_data / "amazon-toys-mm")
+    with_photo = [i for i, p in enumerate(toys.items.image_paths) if p][:4] + [
+        i for i, p in enumerate(toys.items.image_paths) if not p][:2]
+    items = toys.items
+    subset = type(items)(items.ids[with_photo], text=[items.text[i] for i in with_photo],
+                         fields={k: [v[i] for i in with_photo] for k, v in items.fields.items()},
+                         image_paths=[items.image_paths[i] for i in with_photo])
+    small = Dataset("toys-six", subset, np.array(["u"], dtype=object), Sequences.from_lists([list(range(6))]),
+                    source=toys.source, extras=toys.extras)
+    stores = feature_stores(small, text=minilm, image="efficientnet-lite0", progress=False)
+    assert stores["text"].manifest["mode"] != "imported" and stores["text"].dim == 384
+    has_text = np.array([[bool(subset.fields[f][i]) for f in ("title", "description")] for i in range(6)])
+    assert has_text.any() and (stores["text"].mask[:, :2] == has_text).all()  # one vector per field that has text
+    assert stores["image"].dim == 1280 and stores["image"].item_present.tolist() == [True] * 4 + [False] * 2
