@@ -76,14 +76,16 @@ def card_ids(driver) -> list[str]:
     return ids_in(driver, "#recs li")
 
 
-def pick(driver, query: str, item_id: str) -> None:
+def pick(driver, query: str, item_id: str, with_enter: bool = False) -> None:
     """Type ``query`` in the search box and click the result ``item_id`` (once it is listed: the list is
-    drawn again as the words arrive)."""
+    drawn again as the words arrive), or press Enter, which takes the first result."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     box = driver.find_element("id", "search")
     box.clear()
-    box.send_keys(query)
+    box.send_keys(query + ("\n" if with_enter else ""))
+    if with_enter:
+        return
 
     def click(d) -> bool:
         try:
@@ -108,6 +110,9 @@ def test_page_searches_picks_and_recommends_in_a_browser(browser, shop_server, s
     shown = [i for i in range(rec.n_items) if display.image_file(i) is not None]
     same_type = [i for i in shown if display.texts[i].split(". ")[1] == display.texts[shown[0]].split(". ")[1]]
     picks = [str(display.ids[i]) for i in (same_type + shown)[:3]]
+    queries = [display.titles[rec.index[i]] for i in picks]
+    (first,), _ = display.search(queries[-1], 1, rec.popularity.numpy())
+    picks[-1] = str(display.ids[first])  # the last is picked with Enter: the first result
 
     browser.get(shop_server + "/")
     wait_for(browser, lambda d: len(card_ids(d)) == k, f"{k} recommendations (popularity) on load")
@@ -115,8 +120,8 @@ def test_page_searches_picks_and_recommends_in_a_browser(browser, shop_server, s
     assert card_ids(browser) == [i for i, _ in rec.recommend([], k=k)]
     assert texts(browser, "#results li .title")  # popular items to pick from
 
-    for n, item in enumerate(picks, start=1):
-        pick(browser, display.titles[rec.index[item]], item)
+    for n, (query, item) in enumerate(zip(queries, picks), start=1):
+        pick(browser, query, item, with_enter=n == len(picks))
         wait_for(browser, lambda d: len(ids_in(d, "#history li")) == n, "the history to grow")
         wait_for(browser, lambda d: f"after {n} item" in d.find_element("id", "recs-note").text, "new recommendations")
     assert ids_in(browser, "#history li") == picks
@@ -145,6 +150,7 @@ def test_page_searches_picks_and_recommends_in_a_browser(browser, shop_server, s
         wait_for(browser, lambda d: "ranks" in d.find_element("id", "new-rank").text, "the new item's rank")
         (ranked,), of = item_ranks(rec, picks, ["NEW-PAGE-1"], exclude_seen=False)
         assert browser.find_element("id", "new-rank").text.startswith(f"NEW-PAGE-1 ranks {ranked['rank']} of {of}")
+        wait_for(browser, lambda d: f"· {rec.n_items} items" in d.find_element("id", "model").text, "one item more")
 
     browser.find_element("id", "exclude-seen").click()
     wait_for(browser, lambda d: card_ids(d) == [i for i, _ in rec.recommend(picks, k=k)], "seen items left out again")

@@ -165,6 +165,7 @@ async function addItem(event) {
     $("new-text").value = "";
     await refresh();
     search();
+    showModel();
   } catch (err) {
     showError(err);
   }
@@ -185,11 +186,16 @@ async function showRank(id) {
 
 // ------------------------------------------------------------------ start
 
+async function showModel() {
+  const health = await api("health");
+  const dataset = String(health.dataset || "").split("/").filter(Boolean).pop() || "?";
+  $("model").textContent = `model ${health.model}, trained on ${dataset} · ${health.n_items.toLocaleString()} items`;
+  return health;
+}
+
 async function start() {
   try {
-    const health = await api("health");
-    const dataset = String(health.dataset || "").split("/").filter(Boolean).pop() || "?";
-    $("model").textContent = `model ${health.model}, trained on ${dataset} · ${health.n_items.toLocaleString()} items`;
+    const health = await showModel();
     if (!health.supports_new_items) {
       $("new-item-form").hidden = true;
       $("new-item-note").textContent = `${health.model} scores items by the ID embeddings it learned in training, ` +
@@ -200,9 +206,11 @@ async function start() {
   }
   let timer = null;
   $("search").addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(search, 150); });
-  $("search").addEventListener("keydown", (event) => {
-    const first = $("results").firstElementChild;
-    if (event.key === "Enter" && first) first.click();
+  $("search").addEventListener("keydown", async (event) => {
+    if (event.key !== "Enter") return;
+    clearTimeout(timer);
+    await search();  // the results of what was typed, not of the words before
+    $("results").firstElementChild?.click();
   });
   $("clear").addEventListener("click", () => { state.history = []; renderHistory(); refresh(); });
   $("k").addEventListener("change", refresh);
