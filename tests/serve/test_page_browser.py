@@ -32,7 +32,7 @@ def _browser_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: set up before the (session) model, so a skip costs no training
 def browser():
     missing = _browser_missing()
     if missing and os.environ.get("CI") == "true":
