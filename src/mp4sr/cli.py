@@ -286,7 +286,7 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for scoring."),
 ) -> None:
-    """HTTP service: POST /recommend, POST /items, GET /health, docs at /docs."""
+    """HTTP service: a page to try the model at /, POST /recommend, POST /items, GET /health, docs at /docs."""
     from mp4sr.serve.commands import serve_command
 
     serve_command(checkpoint, host, port, threads=threads)

@@ -1,10 +1,19 @@
 """Checkpoints trained on real data (amazon-scientific-mm) once for the serve tests, their
-recommenders, and HTTP clients of their apps."""
+recommenders, and HTTP clients of their apps; a small shop with photos (H&M articles) and a content
+model trained on it, for the page; a real uvicorn server in a thread."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -79,3 +88,99 @@ def clients(recommenders):
     yield opened
     for client in opened.values():
         client.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------------------- a shop with photos
+
+
+def write_shop(folder: Path, hm_sample: Path, n_items: int = 200, n_users: int = 400) -> pd.DataFrame:
+    """A table-layout dataset (``interactions.csv``, ``items.csv`` with an ``image`` column of relative
+    paths, ``images/``) of real H&M articles: the 100 with a photo and more of the same product types.
+    The users are made up, deterministically: each likes two product types and takes 5-10 of their
+    articles, those with a photo thrice as often (so photos show among the recommendations)."""
+    articles = pd.read_parquet(hm_sample / "articles_sample.parquet")
+    photos = {int(p.stem): p for p in (hm_sample / "images").glob("*.jpg")}
+    with_photo = articles["article_id"].isin(photos)
+    same_types = articles["product_type_name"].isin(set(articles.loc[with_photo, "product_type_name"]))
+    items = pd.concat([articles[with_photo], articles[~with_photo & same_types].head(n_items - with_photo.sum())])
+    items = items.sort_values("article_id").reset_index(drop=True)
+    (folder / "images").mkdir(parents=True)
+    items["image"] = ""
+    for row, article in enumerate(items["article_id"]):
+        if article in photos:
+            shutil.copy(photos[article], folder / "images" / photos[article].name)
+            items.loc[row, "image"] = f"images/{photos[article].name}"
+    columns = ["article_id", "prod_name", "product_type_name", "colour_group_name", "detail_desc", "image"]
+    items[columns].rename(columns={"article_id": "item_id"}).to_csv(folder / "items.csv", index=False)
+    rng = np.random.default_rng(0)
+    types = list(items.groupby("product_type_name").indices.values())
+    weight = np.where(items["image"] != "", 3.0, 1.0)
+    rows = []
+    for user in range(n_users):
+        pool = np.concatenate([types[t] for t in rng.choice(len(types), size=2, replace=False)])
+        size = min(len(pool), int(rng.integers(5, 11)))
+        for t, row in enumerate(rng.choice(pool, size=size, replace=False, p=weight[pool] / weight[pool].sum())):
+            rows.append((f"user-{user:04d}", items["article_id"][row], t))
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(folder / "interactions.csv", index=False)
+    return items
+
+
+@pytest.fixture(scope="session")
+def shop(shared_data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("data") / "hm-shop"
+    write_shop(folder, shared_data / "hm-sample")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shop_recommender(shop, serve_cache, tmp_path_factory):
+    """MP4SR on the shop's item text (the bundled sentence encoder), inductive, so that an item added
+    with a text is scored like any other; 2 epochs."""
+    from mp4sr.config import RunConfig, build_config
+    from mp4sr.serve import Recommender
+    from mp4sr.train import train_run
+
+    threads = torch.get_num_threads()
+    folder = tmp_path_factory.mktemp("run-shop")
+    overrides = ["params.stage=finetune", "params.id_embedding=false", "params.modalities=[text]",
+                 "features.image=null", "train.epochs=2", *SHORT]
+    train_run(build_config(RunConfig, None, overrides, model="mp4sr", dataset=str(shop)), folder)
+    torch.set_num_threads(threads)
+    return Recommender.load(folder)
+
+
+@contextlib.contextmanager
+def _running_server(app):
+    """Real uvicorn serving ``app`` on 127.0.0.1 and a free port, in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def running_server():
+    """``with running_server(app) as url``: a real server for the test modules."""
+    return _running_server
+
+
+@pytest.fixture(scope="session")
+def shop_server(shop_recommender):
+    """The shop's model behind a real server; its base URL."""
+    from mp4sr.serve.app import create_app
+
+    with _running_server(create_app(shop_recommender)) as url:
+        yield url

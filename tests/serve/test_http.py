@@ -4,9 +4,6 @@ evaluation's, and its bounds, errors and fallbacks are what the docs say."""
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 
 import httpx
 import pytest
@@ -250,31 +247,13 @@ def test_add_items_refused_for_sasrec(clients):
 # ---------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def live_server(recommenders):
+def live_server(recommenders, running_server):
     """Real uvicorn on 127.0.0.1 and a free port, serving the SASRec checkpoint."""
-    import uvicorn
-
     from mp4sr.serve.app import create_app
 
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(recommenders["sasrec"]), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with running_server(create_app(recommenders["sasrec"])) as url:
+        yield url
 
 
 def test_real_server_answers_concurrent_requests_like_the_test_client(live_server, clients, scientific_mm, split):

@@ -1,4 +1,5 @@
-"""The HTTP service: POST /recommend, POST /items, GET /health, OpenAPI docs at /docs.
+"""The HTTP service: POST /recommend, POST /items, GET /health, OpenAPI docs at /docs, and a page to
+try the model in a browser at / (with the catalogue endpoints it reads: see ``page``).
 
 Concurrent /recommend requests are scored together by a ``MicroBatcher`` (one forward pass for all
 that wait); the Recommender's lock keeps scoring and adding items apart. Inputs are bounded by
@@ -21,12 +22,13 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from mp4sr.errors import DataError, MP4SRError
 from mp4sr.serve.batcher import MicroBatcher
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
+from mp4sr.serve.page import install_page
 from mp4sr.serve.recommender import POPULARITY, Recommender
 
 
@@ -246,10 +248,6 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
                   description=f"Next-item recommendations from a {rec.model_name} model; item ids are the catalogue's ids.")
     _install_error_handlers(app)
 
-    @app.get("/", include_in_schema=False)
-    async def root():
-        return RedirectResponse("/docs")
-
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", **rec.describe()}
@@ -305,4 +303,5 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
         added = rec.add_items([item.model_dump(exclude_none=True) for item in req.items])
         return {"added": added, "n_items": rec.n_items}
 
+    install_page(app, rec, limits)
     return app

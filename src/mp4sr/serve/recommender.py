@@ -25,6 +25,7 @@ from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.models.mp4sr import ItemTable
+from mp4sr.serve.display import ItemDisplay
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
 from mp4sr.serve.new_items import ModalityEncoder, NewItem
 
@@ -189,6 +190,13 @@ class Recommender:
     @property
     def n_added(self) -> int:
         return sum(len(ids) for ids, _, _ in self._added)
+
+    def item_display(self) -> ItemDisplay:
+        """Titles and photo files of the items, for people to look at (the page): from the catalogue of
+        the data the model was trained on, then the text of the items added since."""
+        with self._lock:
+            catalogue = self.dataset.items if self.dataset is not None else None
+            return ItemDisplay.of(self.item_ids, catalogue, self.item_text)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "dataset": self.payload.get("dataset"), "n_items": self.n_items,
