@@ -53,10 +53,11 @@ from mp4sr.models.base import model_class, parse_model_config
 
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 # Settings that change how a run is shown or how fast it goes, never its results: not in the key.
-VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
+VOLATILE = {"train": ("progress", "threads", "eval_batch_size", "tensorboard")}
 # Settings added after runs were first stored: left out of the key while at their default, so that the
 # runs stored before a setting existed keep their keys.
-KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": []}, "eval": {"test_every_epoch": False}}
+KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": []}, "eval": {"test_every_epoch": False},
+                    "train": {"precision": "fp32"}}
 Role = Literal["baseline", "reference", "ablation"]
 
 
