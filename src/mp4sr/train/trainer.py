@@ -28,7 +28,6 @@ from mp4sr.evaluate.metrics import mean_metrics
 from mp4sr.evaluate.ranking import RankingResult, full_ranking
 from mp4sr.train import distributed
 from mp4sr.train.allocator import keep_freed_memory
-from mp4sr.train.runlog import TENSORBOARD_DIR, TensorBoardLog
 from mp4sr.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -40,6 +39,7 @@ from mp4sr.train.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
+from mp4sr.train.runlog import TENSORBOARD_DIR, TensorBoardLog
 
 log = logging.getLogger("mp4sr.train")
 
