@@ -48,11 +48,12 @@ def default_out_dir(command: str, dataset: str, model: str | None = None) -> Pat
     return distributed.broadcast_object(Path("runs") / name)  # under torchrun: rank 0's, on every rank
 
 
-def _start_distributed() -> bool:
-    """Join torchrun's process group when launched by it; True on the process that prints."""
+def _start_distributed(device: str = "cpu") -> bool:
+    """Join torchrun's process group when launched by it (NCCL for ``device`` cuda, else gloo); True on
+    the process that prints."""
     from mp4sr.train import distributed
 
-    distributed.init_from_env()
+    distributed.init_from_env(device=device)
     return distributed.is_main()
 
 
@@ -100,7 +101,7 @@ def train(
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
     if resume and out is None:
         raise MP4SRError("--resume needs --out: the folder of the run to continue")
-    main = _start_distributed()
+    main = _start_distributed(cfg.train.device)
     out = out or default_out_dir("train", cfg.dataset, cfg.model)
     if main:
         console.print(f"{'resuming' if resume else 'training'} [bold]{cfg.model}[/] on [bold]{cfg.dataset}[/] -> {out}")
@@ -121,7 +122,7 @@ def _stage(kind: str, dataset: Optional[str], config: Optional[Path], set_: Opti
 
     base = PRETRAIN_DEFAULTS if kind == "pretrain" else FINETUNE_DEFAULTS
     cfg: RunConfig = build_config(RunConfig, config, set_, base=base, dataset=dataset, init_from=init_from)
-    main = _start_distributed()
+    main = _start_distributed(cfg.train.device)
     out = out or default_out_dir(kind, cfg.dataset, cfg.model)
     if main:
         joined = "".join(f" + [bold]{name}[/]" for name in cfg.data.join_datasets)
@@ -171,7 +172,7 @@ def run(
     from mp4sr.report import write_run_report
 
     dataset = dataset or build_config(RunConfig, config).dataset
-    main = _start_distributed()
+    main = _start_distributed(build_config(RunConfig, config, set_).train.device)
     out = out or default_out_dir("run", dataset, "mp4sr")
     shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
     pre_cfg, pre, _ = _stage("pretrain", pretrain_dataset or dataset, config, shared + (pretrain_set or []),
@@ -217,7 +218,7 @@ def features(
                     image_vectors=image_vectors)
     one_shard_per_process = shard is None and distributed.launched()
     if one_shard_per_process:
-        distributed.init_from_env(timeout=timedelta(days=2), cpu_only=True)  # shards may take long
+        distributed.init_from_env(timeout=timedelta(days=2))  # gloo: only barriers; shards may take long
         shard = f"{distributed.rank()}/{distributed.world_size()}"
     run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings)
     if one_shard_per_process:
@@ -272,11 +273,13 @@ def export(
     k: int = typer.Option(10, "-k", "--k"),
     include_seen: bool = typer.Option(False, "--include-seen"),
     batch_size: int = typer.Option(1024, "--batch-size"),
+    device: str = typer.Option("cpu", "--device", help="Score on this device: cpu or cuda."),
 ) -> None:
     """Top-k of every user (after the whole sequence) to .parquet or .csv."""
     from mp4sr.serve.commands import export_command
 
-    export_command(checkpoint, out, k, exclude_seen=not include_seen, batch_size=batch_size, echo=typer.echo)
+    export_command(checkpoint, out, k, exclude_seen=not include_seen, batch_size=batch_size, echo=typer.echo,
+                   device=device)
 
 
 @app.command()
@@ -285,11 +288,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback unless told otherwise)."),
     port: int = typer.Option(8000, "--port"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch threads for scoring."),
+    device: str = typer.Option("cpu", "--device", help="Score on this device: cpu or cuda."),
 ) -> None:
     """HTTP service: a page to try the model at /, POST /recommend, POST /items, GET /health, docs at /docs."""
     from mp4sr.serve.commands import serve_command
 
-    serve_command(checkpoint, host, port, threads=threads)
+    serve_command(checkpoint, host, port, threads=threads, device=device)
 
 
 @app.command()

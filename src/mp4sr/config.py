@@ -47,10 +47,16 @@ class TrainSettings(Section):
     patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
     valid_metric: str = "ndcg@10"
     seed: int = 2024
-    device: str = "cpu"
+    device: str = Field("cpu", description="'cpu', 'cuda' (this process's GPU under torchrun) or 'cuda:N'")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="'bf16': the forward pass and the loss under torch.autocast in bfloat16 (CUDA or CPU); "
+        "evaluation always scores in float32"
+    )
     threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
     group_by_length: bool = True
     progress: bool = True
+    tensorboard: bool = Field(True, description="write TensorBoard event files in <out>/tensorboard (needs the "
+                              "tensorboard package; off without it)")
 
     @field_validator("valid_metric")
     @classmethod

@@ -28,6 +28,9 @@ def test_run_pipeline_beats_popularity(tmp_path):
     assert metrics["test"]["ndcg@10"] > 2 * pop_metrics["test"]["ndcg@10"]
     report = (out / "report.md").read_text()
     assert "fine-tuned, test" in report and f"{metrics['test']['ndcg@10']:.4f}" in report
+    assert "![learning curves](curves.png)" in report and (out / "curves.png").stat().st_size > 1000
+    for stage in ("pretrain", "finetune"):  # each stage's TensorBoard event file beside its epochs.jsonl
+        assert len(list((out / stage / "tensorboard").glob("events.out.tfevents.*"))) == 1
     pre = torch.load(out / "pretrain" / "best.pt", weights_only=True)
     fine = torch.load(out / "finetune" / "best.pt", weights_only=True)
     assert pre["config"]["params"]["stage"] == "pretrain"

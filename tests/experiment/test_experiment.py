@@ -196,6 +196,7 @@ def test_tables_and_plots(finished):
     assert set(cold["by"]) == {"item_count", "history"} and len(set(cold["entry"])) == 6
     text = (out / "results.md").read_text()
     assert "| mp4sr | reference | 2 |" in text and "±" in text and "## Cold start" in text
+    assert "![curves_amazon-scientific-mm](plots/curves_amazon-scientific-mm.png)" in text  # learning curves
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
     assert pngs == ["coldstart_amazon-scientific-mm.png", "curves_amazon-scientific-mm.png",
                     "metrics_amazon-scientific-mm.png"]

@@ -45,5 +45,6 @@ def test_two_processes_match_one(tmp_path):
     for split in ("valid", "test"):
         for metric in ("ndcg@10", "recall@10", "recall@50"):
             assert abs(single[split][metric] - ddp[split][metric]) <= 0.005, (split, metric)
-    # rank 0 alone wrote: one history line per epoch, one table printed
+    # rank 0 alone wrote: one history line per epoch, one table printed, one TensorBoard event file
     assert done.stdout.count("best epoch") == 1
+    assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1

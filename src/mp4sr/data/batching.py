@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mp4sr.data.split import EvalSet, TrainExamples
+from mp4sr.devices import to_device
 
 IGNORE = -100
 PAD = 0
@@ -43,7 +44,8 @@ class SequenceBatch:
         return self.tokens != PAD
 
     def to(self, device: torch.device | str) -> "SequenceBatch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        """The batch on ``device`` (through pinned memory, without waiting, when it is a GPU)."""
+        move = lambda t: None if t is None else to_device(t, device)  # noqa: E731
         return SequenceBatch(
             move(self.tokens), move(self.lengths), move(self.rows), move(self.targets), move(self.next_items)
         )

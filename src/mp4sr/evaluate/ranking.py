@@ -4,7 +4,8 @@ Users are scored in chunks (one matrix product per chunk), so memory is bounded 
 ``batch_size x n_items`` and no users x items matrix is ever held; on large catalogues the chunk
 shrinks so that it holds at most ``SCORE_BUDGET`` scores (256 MiB of float32) whatever the catalogue.
 Histories are sorted by length and a chunk holds at most ``TOKEN_BUDGET`` padded positions, so the
-sequence encoder never runs over padding of short histories batched with long ones.
+sequence encoder never runs over padding of short histories batched with long ones. On a GPU the
+scores stay on the device: a chunk's target ranks are counted there and only they come back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from mp4sr.data.batching import eval_batches, gather_windows
 from mp4sr.data.split import EvalSet
+from mp4sr.devices import to_device
 from mp4sr.evaluate.metrics import DEFAULT_KS, mean_metrics, target_ranks
 
 SCORE_BUDGET = 1 << 26  # scores held at once by a chunk of users
@@ -80,8 +82,8 @@ def full_ranking(
                 values, torch.from_numpy(evalset.hist_start[rows]), torch.from_numpy(evalset.hist_end[rows])
             )
             r, c = torch.nonzero(real, as_tuple=True)
-            seen = (r.to(device), (hist[r, c] - 1).to(device))
-        targets = batch.next_items.to(device)
+            seen = (to_device(r, device), to_device(hist[r, c] - 1, device))
+        targets = to_device(batch.next_items, device)
         if by_items:
             users = model.user_vectors(batch.to(device)).float()
             chunk = max(1, SCORE_BUDGET // len(users))

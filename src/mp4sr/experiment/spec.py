@@ -53,7 +53,7 @@ from mp4sr.models.base import model_class, parse_model_config
 
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 # Settings that change how a run is shown or how fast it goes, never its results: not in the key.
-VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
+VOLATILE = {"train": ("progress", "threads", "eval_batch_size", "tensorboard")}
 # The settings that runs were first stored with. Every setting added since is left out of the key while at
 # its default, so that the runs stored before it existed keep their keys.
 FIRST_KEYED = {

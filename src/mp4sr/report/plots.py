@@ -2,6 +2,7 @@
 
 - ``metrics_<dataset>.png``: test metrics per entry, bars = mean over seeds, error bars = std;
 - ``curves_<dataset>.png``: validation metric per epoch, one line per (entry, seed), ablations dashed;
+- ``curves.png`` of an ``mp4sr run``: training loss and validation metric per epoch of both stages;
 - ``coldstart_<dataset>.png``: NDCG@10 per cold-start group (test item's training interactions,
   history length), one bar per entry.
 """
@@ -68,20 +69,21 @@ LINE_STYLE = {"baseline": ("-", 1.0), "reference": ("-", 2.2), "ablation": ("--"
 
 
 def training_curves(histories: dict[tuple[str, int], list[dict[str, Any]]], roles: dict[str, str], metric: str,
-                    path: Path, title: str) -> Path:
+                    path: Path, title: str, loss: bool = False) -> Path:
     """Validation ``metric`` per epoch; one colour per entry (its seeds share it), ablations dashed. Runs
-    that recorded the test set after every epoch (``eval.test_every_epoch``) get a second panel of it."""
+    that recorded the test set after every epoch (``eval.test_every_epoch``) get a second panel of it;
+    ``loss`` adds a first panel of the training loss. ``histories``: rows of ``epochs.jsonl``."""
     plt = _pyplot()
-    splits = ["valid"]
+    panels = (["loss"] if loss else []) + [f"valid_{metric}"]
     if any(f"test_{metric}" in h for history in histories.values() for h in history):
-        splits.append("test")
-    fig, axes = plt.subplots(1, len(splits), figsize=(9 + 5 * (len(splits) - 1), 4.5), squeeze=False, sharey=True)
+        panels.append(f"test_{metric}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(9 + 5 * (len(panels) - 1), 4.5), squeeze=False)
     entries = list(dict.fromkeys(entry for entry, _ in histories))
     colours = dict(zip(entries, _colours(len(entries))))
-    for ax, split in zip(axes[0], splits):
+    for ax, key in zip(axes[0], panels):
         labelled = set()
         for (entry, seed), history in histories.items():
-            points = [(h["epoch"], h[f"{split}_{metric}"]) for h in history if f"{split}_{metric}" in h]
+            points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
             if not points:
                 continue
             style, width = LINE_STYLE.get(roles.get(entry, "baseline"), ("-", 1.0))
@@ -89,7 +91,10 @@ def training_curves(histories: dict[tuple[str, int], list[dict[str, Any]]], role
                     label=None if entry in labelled else entry)
             labelled.add(entry)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{'validation' if split == 'valid' else 'test'} {metric}")
+        split = key.split("_")[0]
+        ax.set_ylabel({"loss": "training loss", "valid": f"validation {metric}", "test": f"test {metric}"}[split])
+        if split == "test":  # the metric panels share their scale
+            ax.sharey(axes[0][panels.index(f"valid_{metric}")])
     axes[0][0].set_title(title)
     if entries:
         _legend_outside(axes[0][-1])

@@ -1,9 +1,16 @@
-"""The short report of `mp4sr run`: the metrics of both stages as a Markdown table."""
+"""The short report of `mp4sr run`: the metrics of both stages as a Markdown table, and their
+learning curves (``curves.png``, from each stage's ``epochs.jsonl``) beside it."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("mp4sr.report")
+STAGES = {"pretrain": "pre-training", "finetune": "fine-tuning"}
 
 
 def metrics_markdown(rows: dict[str, dict[str, float]], ks=(5, 10, 20, 50)) -> str:
@@ -47,6 +54,30 @@ def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, An
         f"- checkpoints: `{out / 'pretrain' / 'best.pt'}`, `{out / 'finetune' / 'best.pt'}`",
         "",
     ]
+    curves = learning_curves(out, fin_cfg.train.valid_metric, f"MP4SR on {fin_cfg.dataset}")
+    if curves is not None:
+        text += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
     path = out / "report.md"
     path.write_text("\n".join(text))
     return path
+
+
+def learning_curves(out: Path, metric: str, title: str) -> Path | None:
+    """``out/curves.png``: training loss and validation ``metric`` per epoch of the stages in
+    ``out/pretrain`` and ``out/finetune``; None when no stage recorded an epoch or matplotlib is missing."""
+    histories = {}
+    for folder, label in STAGES.items():
+        records = out / folder / "epochs.jsonl"
+        if records.is_file():
+            rows = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+            if rows:
+                histories[(label, 0)] = rows
+    if not histories:
+        return None
+    if importlib.util.find_spec("matplotlib") is None:
+        log.info("matplotlib is not installed: the report has no learning curves (pip install 'mp4sr[report]')")
+        return None
+    from mp4sr.report.plots import training_curves
+
+    roles = {"pre-training": "baseline", "fine-tuning": "reference"}
+    return training_curves(histories, roles, metric, out / "curves.png", title, loss=True)

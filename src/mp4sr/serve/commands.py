@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from mp4sr.devices import check_device
 from mp4sr.serve.recommender import Recommendation, Recommender
 
 log = logging.getLogger("mp4sr.serve")
@@ -50,19 +51,21 @@ def recommend_command(checkpoint: str | Path, history: Sequence[str], k: int = 1
 
 
 def export_command(checkpoint: str | Path, out: str | Path, k: int = 10, *, exclude_seen: bool = True,
-                   batch_size: int = 1024, echo: Callable[[str], None] = print) -> Path:
-    """`mp4sr export`: the top-k of every user of the checkpoint's dataset to ``out`` (.parquet or .csv)."""
+                   batch_size: int = 1024, echo: Callable[[str], None] = print, device: str = "cpu") -> Path:
+    """`mp4sr export`: the top-k of every user of the checkpoint's dataset to ``out`` (.parquet or .csv),
+    scored on ``device``."""
     from mp4sr.serve.export import export_topk
 
-    rec = Recommender.load(checkpoint)
+    rec = Recommender.load(checkpoint, device=check_device(device, setting="--device"))
     rows = export_topk(rec, out, k, exclude_seen, batch_size)
     echo(f"wrote the top {k} of {rec.dataset.n_users:,} users ({rows:,} rows) to {out}")
     return Path(out)
 
 
 def serve_command(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
-                  threads: int | None = None, log_level: str = "info") -> None:
-    """`mp4sr serve`: the HTTP service on ``host:port`` (loopback by default; it has no authentication)."""
+                  threads: int | None = None, log_level: str = "info", device: str = "cpu") -> None:
+    """`mp4sr serve`: the HTTP service on ``host:port`` (loopback by default; it has no authentication),
+    scoring on ``device``."""
     import torch
     import uvicorn
 
@@ -72,7 +75,7 @@ def serve_command(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8
         torch.set_num_threads(threads)
     if not _is_loopback(host):
         log.warning("binding %s: the service has no authentication; put it behind a proxy that has", host)
-    app = create_app(Recommender.load(checkpoint))
+    app = create_app(Recommender.load(checkpoint, device=check_device(device, setting="--device")))
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
 
 

@@ -257,14 +257,14 @@ class Recommender:
         start = np.maximum(start, end - self.max_len)
         rows = np.flatnonzero(end > start)
         rows = rows[np.argsort(end[rows] - start[rows], kind="stable")]  # similar lengths share a batch
-        with self._lock:
-            out = self.popularity.expand(len(start), -1).clone()
+        with self._lock:  # the scores stay on the model's device: select_top ranks them there
+            out = self.popularity.to(self.device).expand(len(start), -1).clone()
             for part in length_chunks(end[rows] - start[rows], self.batch_size, self.batch_tokens):
                 chunk = rows[part]
                 s, e, idx = (torch.from_numpy(a[chunk]) for a in (start, end, np.arange(len(start))))
                 tokens, _ = gather_windows(values, s, e)
                 batch = SequenceBatch(tokens, e - s, idx).to(self.device)
-                out[idx] = self.model.full_sort_predict(batch).float().cpu()
+                out[idx.to(self.device)] = self.model.full_sort_predict(batch).float()
         return out
 
     def select_top(self, scores: torch.Tensor, histories: Sequence[Sequence[int]], k: int | Sequence[int],
@@ -281,10 +281,10 @@ class Recommender:
             rows = np.repeat(masked, [len(histories[r]) for r in masked])
             scores[rows, np.concatenate([np.asarray(histories[r], dtype=np.int64) for r in masked])] = -torch.inf
         if candidates is not None:
-            allowed = torch.zeros(scores.shape[1], dtype=torch.bool)
+            allowed = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
             allowed[torch.as_tensor(list(candidates), dtype=torch.long)] = True
             scores.masked_fill_(~allowed, -torch.inf)
-        top, idx = topk_items(scores, int(ks.max(initial=1)))
+        top, idx = (t.cpu() for t in topk_items(scores, int(ks.max(initial=1))))  # only the top k leave the device
         ids = self.item_ids[idx.numpy()]
         return [[(i, s) for i, s in zip(row_ids[:row_k], row_scores[:row_k]) if s != -np.inf]
                 for row_k, row_ids, row_scores in zip(ks.tolist(), ids.tolist(), top.tolist())]

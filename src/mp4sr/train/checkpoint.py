@@ -29,7 +29,8 @@ CHECKPOINT_FORMAT = 1
 # Settings that may change between a run and its resumption without changing what is computed
 # (more epochs or patience extend a run; the rest are where and how fast it runs).
 RESUMABLE_CHANGES = frozenset(
-    {"train.epochs", "train.patience", "train.progress", "train.threads", "train.device", "train.eval_batch_size"}
+    {"train.epochs", "train.patience", "train.progress", "train.threads", "train.device", "train.eval_batch_size",
+     "train.precision", "train.tensorboard"}
 )
 
 

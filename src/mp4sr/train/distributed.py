@@ -1,10 +1,12 @@
-"""Data-parallel training on PyTorch's engine: one code path for CPU (gloo) and GPU (nccl).
+"""Data-parallel training on PyTorch's engine: one code path for CPU (gloo) and GPU (nccl, with
+``train.device=cuda``).
 
 Launched by ``torchrun``, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous;
 every process loads the data itself (sequences and features are memory-mapped or small), so memory
 per process does not grow with the number of processes:
 
     torchrun --standalone --nproc_per_node=2 -m mp4sr train --model sasrec --out runs/ddp
+    # one GPU per process: add --set train.device=cuda
     # several machines: the same command on each, with --nnodes=2 --node_rank=I
     #   --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 --rdzv_id=JOB  instead of --standalone
 
@@ -50,12 +52,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(timeout: timedelta | None = None, cpu_only: bool = False) -> None:
+def backend_for(device: str) -> str:
+    """NCCL when the processes train on GPUs (``train.device=cuda``), gloo otherwise: the backend
+    follows the configured device, not whether the machine happens to have a GPU."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def init_from_env(timeout: timedelta | None = None, device: str = "cpu") -> None:
     """Join the process group torchrun describes (no-op for a single process); quiet the logs of
-    every rank but 0. ``timeout``: how long a collective (a barrier) may wait for the slowest rank."""
+    every rank but 0. ``timeout``: how long a collective (a barrier) may wait for the slowest rank;
+    ``device``: where the processes compute (``train.device``), which chooses the backend."""
     if not launched() or active():
         return
-    backend = "nccl" if torch.cuda.is_available() and not cpu_only else "gloo"
+    backend = backend_for(device)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))

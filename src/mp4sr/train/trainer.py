@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from mp4sr.config import EvalSettings, TrainSettings
 from mp4sr.data.batching import make_train_batch, train_batches
 from mp4sr.data.split import LeaveOneOut, TrainExamples
+from mp4sr.devices import autocast, check_device
 from mp4sr.errors import ConfigError, MP4SRError
 from mp4sr.evaluate.metrics import mean_metrics
 from mp4sr.evaluate.ranking import RankingResult, full_ranking
@@ -38,6 +39,7 @@ from mp4sr.train.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
+from mp4sr.train.runlog import TENSORBOARD_DIR, TensorBoardLog
 
 log = logging.getLogger("mp4sr.train")
 
@@ -72,9 +74,10 @@ class EpochRecord:
     eval_seconds: float
     valid: dict[str, float]
     test: dict[str, float] | None = None  # only with eval.test_every_epoch
+    lr: float | None = None  # of the first parameter group, at the end of the epoch
 
     def as_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "loss": self.loss, "train_seconds": self.train_seconds,
+        return {"epoch": self.epoch, "loss": self.loss, "lr": self.lr, "train_seconds": self.train_seconds,
                 "eval_seconds": self.eval_seconds, **{f"valid_{k}": v for k, v in self.valid.items()},
                 **{f"test_{k}": v for k, v in (self.test or {}).items()}}
 
@@ -82,7 +85,7 @@ class EpochRecord:
     def from_dict(cls, d: dict[str, Any]) -> "EpochRecord":
         valid = {k[len("valid_"):]: v for k, v in d.items() if k.startswith("valid_")}
         test = {k[len("test_"):]: v for k, v in d.items() if k.startswith("test_")}
-        return cls(d["epoch"], d["loss"], d["train_seconds"], d["eval_seconds"], valid, test or None)
+        return cls(d["epoch"], d["loss"], d["train_seconds"], d["eval_seconds"], valid, test or None, d.get("lr"))
 
 
 @dataclass
@@ -144,13 +147,16 @@ class Trainer:
     """Trains ``model`` on a leave-one-out split and reports the test metrics of the best valid epoch.
 
     With ``out_dir`` it writes ``best.pt`` (best weights), ``last.pt`` (the whole training state, at
-    the start, after every epoch and on SIGINT / SIGTERM) and ``epochs.jsonl``. ``resume=True``
+    the start, after every epoch and on SIGINT / SIGTERM), ``epochs.jsonl`` and the same records as
+    TensorBoard event files in ``tensorboard/`` (``mp4sr.train.runlog``). ``resume=True``
     continues from ``out_dir/last.pt`` (from scratch if there is none); a path continues from that
     file. ``checkpoint_extra`` (config, item index...) and ``feature_manifest`` (per modality, from
     the FeatureStore manifests) are stored in every checkpoint and checked on resumption.
 
     Under torchrun the processes share each batch and the evaluation (see ``mp4sr.train.distributed``);
-    only rank 0 writes.
+    only rank 0 writes. ``settings.device`` is where it trains and evaluates (batches from pinned
+    memory on a GPU); ``settings.precision="bf16"`` runs the forward pass and the loss under bfloat16
+    autocast, while evaluation scores in float32 (bfloat16 scores tie far more often).
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class Trainer:
         resume: bool | str | Path = False,
     ):
         self.device = distributed.device_for(settings.device)
+        check_device(self.device, settings.precision)
         self.model = model.to(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.is_main = self.rank == 0
@@ -189,6 +196,8 @@ class Trainer:
         self.state = TrainState()
         self._signal: int | None = None
         self._epoch_seconds = 0.0
+        logs = self.out_dir and self.is_main and settings.tensorboard
+        self.tensorboard = TensorBoardLog(self.out_dir / TENSORBOARD_DIR if logs else None)
 
     def evaluate(self, which: str = "valid", exclude_history: bool | None = None) -> RankingResult:
         """Full ranking of ``which`` set; ``exclude_history`` (default: eval.exclude_history) drops seen items."""
@@ -216,7 +225,8 @@ class Trainer:
         return mine, self.world * count(mine) / count(rows)
 
     def _step_loss(self, batch) -> torch.Tensor:
-        return self.ddp(batch) if self.ddp is not None else self.model.calculate_loss(batch)
+        with autocast(self.device, self.settings.precision):  # the backward pass runs outside it, as torch asks
+            return self.ddp(batch) if self.ddp is not None else self.model.calculate_loss(batch)
 
     # ------------------------------------------------------------------ one epoch
 
@@ -291,7 +301,10 @@ class Trainer:
         self.state = TrainState()
         trainable = getattr(self.model, "trainable", True) and s.epochs > 0
         if trainable:
-            best_state = self._train(rng)
+            try:
+                best_state = self._train(rng)
+            finally:
+                self.tensorboard.close()
             if best_state is not None:
                 self.model.load_state_dict(best_state)
         else:
@@ -331,7 +344,8 @@ class Trainer:
                 t1 = time.perf_counter()
                 valid = self.evaluate("valid").metrics
                 test = self.evaluate("test").metrics if self.eval_settings.test_every_epoch else None
-                record = EpochRecord(epoch, loss, self._epoch_seconds, time.perf_counter() - t1, valid, test)
+                record = EpochRecord(epoch, loss, self._epoch_seconds, time.perf_counter() - t1, valid, test,
+                                     optimizer.param_groups[0]["lr"])
                 st.history.append(record)
                 st.epoch = epoch
                 self._log_epoch(record)
@@ -516,5 +530,6 @@ class Trainer:
                 with open(self.out_dir / "epochs.jsonl", "a") as f:
                     f.write(json.dumps(record.as_dict()) + "\n")
             self._write(append)
+            self._write(lambda: self.tensorboard.epoch(record.as_dict()))
         if self.on_epoch:
             self.on_epoch(record)
