@@ -295,7 +295,8 @@ def from_interactions(
     user_ids, counts = np.unique(df["user_id"].to_numpy(), return_counts=True)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     catalogue = _catalogue(np.asarray(item_ids, dtype=object), items, text_fields, image_field, image_root)
-    return Dataset(name, catalogue, user_ids.astype(object), Sequences(offsets, df["item"].to_numpy()), source=source)
+    items = np.array(df["item"], dtype=np.int64)  # a copy: pandas' own arrays are read-only (copy on write)
+    return Dataset(name, catalogue, user_ids.astype(object), Sequences(offsets, items), source=source)
 
 
 def _is_text(column: pd.Series) -> bool:
