@@ -65,3 +65,18 @@ def test_fine_tuning_keeps_the_modalities_its_pre_training_chose(tmp_path):
     assert served.modalities == ["text"] and len(served.recommend([ckpt["item_ids"][0]], k=3)) == 3
     fine.init_from, fine.train.epochs = None, 0
     assert train_run(fine, tmp_path / "scratch").model.modalities == ["text", "image"]
+
+
+def test_a_fine_tuning_whose_data_lacks_a_pretrained_modality_says_where_it_came_from(tmp_path, scientific_mm_with):
+    import pytest
+
+    from mp4sr.errors import ConfigError
+
+    pre = _config(dataset="amazon-scientific-mm", features={}, params={"hidden": 16, "ffn": 32, "stage": "pretrain"})
+    pre.train.epochs = 0
+    train_run(pre, tmp_path / "pre")  # on text and images
+    text_only = scientific_mm_with("scientific-text", (".text", ".feat1CLS"))
+    fine = _config(dataset=str(text_only), features={}, init_from=str(tmp_path / "pre"), params={"hidden": 16, "ffn": 32})
+    with pytest.raises(ConfigError, match=r"asks for image, and dataset 'scientific-text' has no image features .*"
+                                          r"Here params.modalities came from the pre-trained checkpoint"):
+        train_run(fine, tmp_path / "fine")

@@ -141,7 +141,15 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     )
     pretrained = read_pretrained(config.init_from) if config.init_from else None
     seed_everything(config.train.seed)  # the initial weights depend on the seed alone (torch's default seed varies)
-    model = build_model(config.model, inherited_params(config, pretrained), context)
+    params = inherited_params(config, pretrained)
+    try:
+        model = build_model(config.model, params, context)
+    except ConfigError as e:
+        inherited = [f"params.{k}" for k in params if k not in config.params]
+        if not inherited:
+            raise
+        raise ConfigError(f"{e}. Here {', '.join(inherited)} came from the pre-trained checkpoint {config.init_from}: "
+                          "its encoder was trained on them") from None
     if pretrained is not None:
         load_encoder(model, pretrained)
     examples = split.train_examples(config.data.training_mode, config.data.max_len)
