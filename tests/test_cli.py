@@ -77,3 +77,32 @@ def test_experiment_status_reads_without_training(tmp_path):
     assert "2 of 4 runs finished" in " ".join(result.output.split()) and "2/2" in result.output
     result = runner.invoke(app, ["experiment", str(path), "--status", "--report-only"])
     assert result.exit_code != 0 and "--status only reads" in str(result.exception)
+
+
+def test_images_alone_and_no_content_at_all(scientific_mm_with, tmp_path, caplog):
+    """A dataset with image vectors and no text trains MP4SR on images (and serves it); one with neither is
+    an error that names the models that learn from interactions alone."""
+    import logging
+
+    import torch
+
+    from mp4sr.models import REGISTRY
+    from mp4sr.serve import Recommender
+
+    images = scientific_mm_with("scientific-images", (".feat3CLS",))
+    tiny = ["params.hidden=16", "params.ffn=32", "params.layers=1", "train.epochs=1", "train.progress=false"]
+    with caplog.at_level(logging.INFO, logger="mp4sr.models"):
+        result = runner.invoke(app, ["finetune", "--dataset", str(images), "--out", str(tmp_path / "fine")]
+                               + [a for kv in tiny for a in ("--set", kv)])
+    assert result.exit_code == 0, result.output
+    assert [r.getMessage() for r in caplog.records if r.name == "mp4sr.models"] == [
+        "dataset 'scientific-images' has no text features: mp4sr runs on image only"]
+    ckpt = torch.load(tmp_path / "fine" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["data_settings"] == {"modalities": ["image"]} and set(ckpt["features"]) == {"image"}
+    assert Recommender.load(tmp_path / "fine").modalities == ["image"]
+
+    nothing = scientific_mm_with("scientific-ids", ())
+    result = runner.invoke(app, ["pretrain", "--dataset", str(nothing), "--out", str(tmp_path / "pre")])
+    id_only = ", ".join(sorted(name for name, cls in REGISTRY.items() if not cls.needs_features))
+    assert result.exit_code != 0 and "dataset 'scientific-ids' has none (it has neither item text nor images)" in str(
+        result.exception) and f"can train on it: {id_only}" in str(result.exception)

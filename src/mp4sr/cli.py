@@ -182,7 +182,7 @@ def run(
     if not main:
         return
     (out / "metrics.json").write_text(_json.dumps(fin.metrics(), indent=2))
-    report = write_run_report(out, pre.metrics(), fin.metrics(), pre_cfg, fin_cfg)
+    report = write_run_report(out, pre.metrics(), fin.metrics(), pre_cfg, fin_cfg, pre_params=pre.params())
     console.print(f"report: {report}")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,59 @@ def _fuzz_atomic_bad_float_line(blank, row, bad):
 def test_fuzz_a_bad_number_is_reported_at_its_line():
     _fuzz_atomic_bad_float_line()
     report("bad float")
+
+
+ZONES = st.sampled_from([None, timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))])
+STAMPS = st.datetimes(datetime(1995, 1, 1), datetime(2030, 1, 1), timezones=ZONES).map(lambda t: t.replace(microsecond=0))
+WRITTEN = {  # how a file may write a time, and the seconds since 1970 (UTC) that the text stands for
+    "iso": (datetime.isoformat, lambda t: t),
+    "space": (lambda t: t.isoformat(sep=" "), lambda t: t),
+    "date": (lambda t: t.date().isoformat(), lambda t: datetime.combine(t.date(), datetime.min.time())),
+    "seconds": (lambda t: repr(_utc(t).timestamp()), lambda t: t),
+}
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+@NARROW
+@given(rows=st.lists(st.tuples(STAMPS, st.sampled_from(sorted(WRITTEN))), min_size=2, max_size=12),
+       layout=st.sampled_from(["atomic", "table"]), bad=st.none() | st.tuples(st.integers(0, 11), st.sampled_from(
+           ["soon", "2015-02-30", "23/06/2015", "2015-06-23T25:00", "1.5.6", "--1"])))
+def _fuzz_date_timestamps(rows, layout, bad):
+    """Times written as numbers, ISO dates and datetimes (with a zone or without: UTC), mixed in one
+    file, order a sequence as the times they stand for; a value that is neither is reported at its line."""
+    folder = Path(tempfile.mkdtemp(prefix="fuzz-dates-"))
+    try:
+        written = [WRITTEN[style][0](t) for t, style in rows]
+        seconds = [_utc(WRITTEN[style][1](t)).timestamp() for t, style in rows]
+        if bad is not None:
+            written[bad[0] % len(rows)] = bad[1]
+        sep, name = ("\t", "x.inter") if layout == "atomic" else (",", "interactions.csv")
+        header = "user_id:token\titem_id:token\ttimestamp:float" if layout == "atomic" else "user_id,item_id,timestamp"
+        lines = [header] + [sep.join(["u", f"i{n}", w]) for n, w in enumerate(written)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+        read = (lambda: read_atomic(folder, user_core=2)) if layout == "atomic" else (
+            lambda: read_table(folder / name, user_core=2))
+        try:
+            ds = read()
+        except DataError as e:
+            COUNTS["dates:DataError"] += 1
+            assert bad is not None, str(e)
+            assert e.path == str(folder / name) and e.line == 2 + bad[0] % len(rows), str(e)
+            return
+        COUNTS["dates:loaded"] += 1
+        assert bad is None, f"{bad[1]!r} was accepted as a time"
+        expected = [f"i{n}" for n in sorted(range(len(rows)), key=lambda n: (seconds[n], n))]
+        assert [ds.items.ids[i] for i in ds.sequences[0]] == expected
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_fuzz_date_timestamps_order_as_the_times_they_stand_for():
+    _fuzz_date_timestamps()
+    report("dates")
 
 
 def test_counts_cover_both_outcomes():

@@ -104,7 +104,7 @@ def test_atomic_errors(tmp_path):
     with pytest.raises(DataError, match=r"toy\.inter, line 3: expected 3 fields"):
         read_atomic(folder)
     (folder / "toy.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\na\tb\tsoon\n")
-    with pytest.raises(DataError, match=r"toy\.inter, line 2: field 'timestamp' value 'soon' is not a number"):
+    with pytest.raises(DataError, match=r"toy\.inter, line 2: field 'timestamp' value 'soon' is neither a number nor an ISO date"):
         read_atomic(folder)
     (folder / "toy.inter").write_bytes(b"user_id:token\titem_id:token\n\xff\xfe\tb\n")
     with pytest.raises(DataError, match="not valid UTF-8"):
@@ -141,3 +141,83 @@ def test_unknown_dataset_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("MP4SR_DATA_DIR", str(tmp_path))
     with pytest.raises(DataError, match="MP4SR_DATA_DIR"):
         load_dataset("no-such-dataset")
+
+
+# --------------------------------------------------------------------------- timestamps that are dates
+
+
+def _order(ds, user):
+    return [ds.items.ids[i] for i in ds.sequences[list(ds.user_ids).index(user)]]
+
+
+def test_atomic_float_timestamps_holding_iso_dates(tmp_path):
+    """RecBole files of the Amazon 2023 data declare timestamp:float and hold dates; a file that mixes
+    dates and epoch seconds is ordered by the time both stand for."""
+    rows = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    rows += ["a\tp\t5\t2015-06-23", "a\tq\t4\t2014-01-02", "a\tr\t3\t2016-12-31", "a\ts\t5\t1420070400",  # 2015-01-01
+             "a\tt\t2\t2015-06-22T23:59:59Z"]
+    (tmp_path / "pantry.inter").write_text("\n".join(rows) + "\n")
+    ds = read_atomic(tmp_path)
+    assert _order(ds, "a") == ["q", "s", "t", "p", "r"]
+
+
+def test_atomic_token_timestamps_sort_as_numbers(tmp_path):
+    rows = ["user_id:token\titem_id:token\ttimestamp:token"] + [f"a\ti{t}\t{t}" for t in (10, 9, 100, 11, 2)]
+    (tmp_path / "x.inter").write_text("\n".join(rows) + "\n")
+    assert _order(read_atomic(tmp_path), "a") == ["i2", "i9", "i10", "i11", "i100"]
+
+
+def test_atomic_a_timestamp_that_is_no_date_names_its_line(tmp_path):
+    rows = ["user_id:token\titem_id:token\ttimestamp:float", "a\tb\t2015-06-23", "", "a\tc\t2015-13-45"]
+    (tmp_path / "x.inter").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"x\.inter, line 4: field 'timestamp' value '2015-13-45' is neither a number "
+                                        r"nor an ISO date or datetime"):
+        read_atomic(tmp_path)
+
+
+def _dated_log(n_users=6, per_user=6):
+    rng = np.random.default_rng(3)
+    times = pd.Timestamp("2014-03-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 3 * 365 * 86400, n_users * per_user), "s")
+    return pd.DataFrame({"user_id": np.repeat([f"u{u}" for u in range(n_users)], per_user),
+                         "item_id": [f"i{k}" for k in rng.permutation(n_users * per_user) % 17],
+                         "timestamp": times})
+
+
+def _same_sequences(a, b):
+    assert a.user_ids.tolist() == b.user_ids.tolist() and a.items.ids.tolist() == b.items.ids.tolist()
+    assert a.sequences.items.tolist() == b.sequences.items.tolist()
+
+
+def test_table_dates_and_datetimes_give_the_order_of_epoch_seconds(tmp_path):
+    log = _dated_log()
+    seconds = log.assign(timestamp=(log.timestamp - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s"))
+    seconds.to_csv(tmp_path / "seconds.csv", index=False)
+    expected = read_table(tmp_path / "seconds.csv", user_core=2)
+    # ISO strings in a CSV: datetimes with a zone, without one (UTC), and in another zone
+    iso = log.assign(timestamp=log.timestamp.dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    iso.loc[::3, "timestamp"] = log.timestamp[::3].dt.strftime("%Y-%m-%d %H:%M:%S")
+    iso.loc[1::3, "timestamp"] = log.timestamp[1::3].dt.tz_convert("Asia/Tokyo").dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+    iso.to_csv(tmp_path / "iso.csv", index=False)
+    _same_sequences(read_table(tmp_path / "iso.csv", user_core=2), expected)
+    # parquet datetime64 columns, naive and with a zone
+    log.to_parquet(tmp_path / "aware.parquet")
+    log.assign(timestamp=log.timestamp.dt.tz_localize(None)).to_parquet(tmp_path / "naive.parquet")
+    for name in ("aware.parquet", "naive.parquet"):
+        _same_sequences(read_table(tmp_path / name, user_core=2), expected)
+
+
+def test_table_dates_order_a_sequence(tmp_path):
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,timestamp\nu,a,2015-06-23\nu,b,2014-01-02\nu,c,2016-12-31\nu,d,2015-06-22\nu,e,2015-06-23T08:00\n")
+    assert _order(load_dataset(tmp_path, user_core=2), "u") == ["b", "d", "a", "e", "c"]
+
+
+def test_table_a_timestamp_that_is_no_date_names_its_line_or_row(tmp_path):
+    log = pd.DataFrame({"user_id": ["u"] * 4, "item_id": list("abcd"),
+                        "timestamp": ["2015-06-23", "1434998400", "next tuesday", "2015-06-24"]})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    with pytest.raises(DataError, match=r"log\.csv, line 4: column 'timestamp' value 'next tuesday' is neither"):
+        read_table(tmp_path / "log.csv")
+    log.to_parquet(tmp_path / "log.parquet")
+    with pytest.raises(DataError, match=r"log\.parquet: row 3: column 'timestamp' value 'next tuesday' is neither"):
+        read_table(tmp_path / "log.parquet")

@@ -291,3 +291,21 @@ def test_an_interrupted_run_continues_where_it_stopped(tmp_path):
     straight = json.loads((tmp_path / "straight" / "runs" / key / "metrics.json").read_text())
     assert resumed["test"] == pytest.approx(straight["test"], abs=1e-6)
     assert resumed["best_epoch"] == straight["best_epoch"]
+
+
+def test_an_experiment_on_a_text_only_dataset(scientific_mm_with, tmp_path):
+    """An experiment's MP4SR stages follow the data: on a dataset with text vectors and no images, the
+    pre-training and the fine-tuning that starts from it both run on text."""
+    folder = scientific_mm_with("scientific-text", (".text", ".feat1CLS"))
+    tree = {**TINY, "datasets": [{"name": str(folder), "label": "scientific-text"}], "seeds": [1],
+            "models": ["pop", {"name": "mp4sr", "shared": {"params": {"hidden": 16, "ffn": 32, "layers": 1}}, "pretrain": {}}]}
+    outcome = run_experiment(_write(tmp_path / "text.yaml", tree), tmp_path / "out")
+    assert outcome.trained == 3 and outcome.missing == 0
+    stages = {}
+    for done in (tmp_path / "out" / "runs").glob("*/run.json"):
+        record = json.loads(done.read_text())
+        if record["model"] == "mp4sr":
+            ckpt = torch.load(done.parent / "best.pt", map_location="cpu", weights_only=True)
+            stages[record["stage"]] = ckpt["data_settings"]
+    assert stages == {"pretrain": {"modalities": ["text"]}, "final": {"modalities": ["text"]}}
+    assert "scientific-text" in outcome.files["results_md"].read_text()

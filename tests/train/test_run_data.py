@@ -48,3 +48,35 @@ def test_pretraining_on_joined_datasets_then_fine_tuning_on_one_of_them(tmp_path
     assert len(shared) == len(ckpt["state_dict"]) and "id_embedding.weight" in set(state) - set(shared)
     for name in shared:
         assert torch.equal(state[name], ckpt["state_dict"][name]), name
+
+
+def test_fine_tuning_keeps_the_modalities_its_pre_training_chose(tmp_path):
+    """Pre-trained on text alone, a fine-tuning whose settings name no modalities stays on text (the data
+    has images too), records it, and serves it; without pre-training it reads what the data has."""
+    small = {"hidden": 16, "ffn": 32}
+    pre = _config(dataset="amazon-scientific-mm", features={}, params={**small, "stage": "pretrain", "modalities": ["text"]})
+    train_run(pre, tmp_path / "pre")
+    fine = _config(dataset="amazon-scientific-mm", features={}, init_from=str(tmp_path / "pre"), params=small)
+    tuned = train_run(fine, tmp_path / "fine")
+    assert tuned.model.modalities == ["text"] and tuned.params()["modalities"] == ["text"]
+    ckpt = torch.load(tmp_path / "fine" / "best.pt", map_location="cpu", weights_only=True)
+    assert ckpt["data_settings"] == {"modalities": ["text"]} and "modalities" not in ckpt["config"]["params"]
+    served = Recommender.load(tmp_path / "fine")
+    assert served.modalities == ["text"] and len(served.recommend([ckpt["item_ids"][0]], k=3)) == 3
+    fine.init_from, fine.train.epochs = None, 0
+    assert train_run(fine, tmp_path / "scratch").model.modalities == ["text", "image"]
+
+
+def test_a_fine_tuning_whose_data_lacks_a_pretrained_modality_says_where_it_came_from(tmp_path, scientific_mm_with):
+    import pytest
+
+    from mp4sr.errors import ConfigError
+
+    pre = _config(dataset="amazon-scientific-mm", features={}, params={"hidden": 16, "ffn": 32, "stage": "pretrain"})
+    pre.train.epochs = 0
+    train_run(pre, tmp_path / "pre")  # on text and images
+    text_only = scientific_mm_with("scientific-text", (".text", ".feat1CLS"))
+    fine = _config(dataset=str(text_only), features={}, init_from=str(tmp_path / "pre"), params={"hidden": 16, "ffn": 32})
+    with pytest.raises(ConfigError, match=r"asks for image, and dataset 'scientific-text' has no image features .*"
+                                          r"Here params.modalities came from the pre-trained checkpoint"):
+        train_run(fine, tmp_path / "fine")

@@ -9,7 +9,8 @@
   text, photo and vector files.
 
 Raw interaction logs (atomic, table) go through ``from_interactions``: duplicates dropped (the last
-kept), k-core filtered, timestamp ties broken by file order, sequences sorted by time.
+kept), k-core filtered, timestamp ties broken by file order, sequences sorted by time. Timestamps are
+numbers or ISO dates and datetimes (``timestamps``), whatever type a file declares.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -226,6 +227,40 @@ def read_s3rec(path: Path, name: str | None = None) -> Dataset:
 # --------------------------------------------------------------------------- raw interaction logs
 
 
+def _seconds(times: pd.Series) -> pd.Series:
+    """Seconds since 1970-01-01 UTC of datetimes (naive ones are taken as UTC); NaT -> NaN."""
+    if times.dt.tz is None:
+        times = times.dt.tz_localize("UTC")
+    return (times - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(1, "s")
+
+
+def timestamps(column: pd.Series, path: Path | None = None, lines: Sequence[int] | None = None,
+               what: str = "column 'timestamp'") -> pd.Series:
+    """Timestamps as sortable numbers: numbers stay as they are; ISO dates and datetimes (strings such
+    as ``2015-06-23`` or ``2015-06-23T14:05:00+02:00``, or a datetime column) become seconds since
+    1970-01-01 UTC, a time without a zone read as UTC; empty values stay NaN. A value that is neither a
+    number nor a date is a DataError naming ``path`` and the value's line (``lines[row]``; without
+    ``lines``, its row counted from 1)."""
+    if pd.api.types.is_numeric_dtype(column):
+        return column
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return _seconds(column)
+    present = column.notna()
+    text = column.astype(str).str.strip().where(present, "")
+    numbers = pd.to_numeric(text.where(text.ne(""), None), errors="coerce")
+    rest = numbers.isna() & text.ne("")
+    if not rest.any():
+        return numbers
+    dates = pd.to_datetime(text.where(rest, None), format="ISO8601", errors="coerce", utc=True)
+    bad = rest & dates.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        where = "" if lines is not None else f"row {row + 1}: "
+        raise DataError(f"{where}{what} value {text.iloc[row]!r} is neither a number nor an ISO date or datetime "
+                        "(such as 2015-06-23 or 2015-06-23T14:05:00)", path, None if lines is None else lines[row])
+    return numbers.where(~rest, _seconds(dates))
+
+
 def from_interactions(
     interactions: pd.DataFrame,
     name: str,
@@ -241,11 +276,12 @@ def from_interactions(
 
     Duplicate user-item pairs keep their last occurrence; users with fewer than ``user_core`` and items
     with fewer than ``item_core`` interactions are removed until both hold (k-core); ties in time are
-    broken by the order of the log, so the result is deterministic.
+    broken by the order of the log, so the result is deterministic. ``timestamp``: numbers, ISO dates
+    or datetimes (see ``timestamps``).
     """
     interactions = interactions.dropna(subset=["user_id", "item_id"])
     df = interactions[["user_id", "item_id"]].astype(str).copy()
-    df["timestamp"] = interactions["timestamp"].to_numpy() if "timestamp" in interactions else 0
+    df["timestamp"] = timestamps(interactions["timestamp"], source).to_numpy() if "timestamp" in interactions else 0
     df["order"] = np.arange(len(df))
     df = df.sort_values(["timestamp", "order"], kind="stable")
     df = df.drop_duplicates(["user_id", "item_id"], keep="last")
@@ -264,7 +300,8 @@ def from_interactions(
     user_ids, counts = np.unique(df["user_id"].to_numpy(), return_counts=True)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     catalogue = _catalogue(np.asarray(item_ids, dtype=object), items, text_fields, image_field, image_root)
-    return Dataset(name, catalogue, user_ids.astype(object), Sequences(offsets, df["item"].to_numpy()), source=source)
+    items = np.array(df["item"], dtype=np.int64)  # a copy: pandas' own arrays are read-only (copy on write)
+    return Dataset(name, catalogue, user_ids.astype(object), Sequences(offsets, items), source=source)
 
 
 def _is_text(column: pd.Series) -> bool:
@@ -297,7 +334,8 @@ def _catalogue(
 
 
 def _atomic_table(path: Path, sep: str) -> pd.DataFrame:
-    """A RecBole atomic file: header of ``name:type`` fields; returns columns named without types."""
+    """A RecBole atomic file: header of ``name:type`` fields; returns columns named without types.
+    ``float`` fields become numbers, and the ``timestamp`` field, whatever its type, numbers or dates."""
     lines = _lines(path)
     first = next(lines, None)
     if first is None:
@@ -322,7 +360,9 @@ def _atomic_table(path: Path, sep: str) -> pd.DataFrame:
         numbers.append(number)
     df = pd.DataFrame(rows, columns=names, dtype=object)
     for name, field in zip(names, header):
-        if field.endswith(":float"):
+        if name == "timestamp":  # files declare it float or token, and hold numbers or ISO dates
+            df[name] = timestamps(df[name], path, numbers, what=f"field {name!r}")
+        elif field.endswith(":float"):
             converted = pd.to_numeric(df[name], errors="coerce")
             bad = converted.isna() & df[name].astype(str).str.strip().ne("")
             if bad.any():
@@ -386,7 +426,8 @@ def read_table(
         raise DataError(f"missing column(s) {missing}; columns are {list(df.columns)}", path)
     log = pd.DataFrame({"user_id": df[user_col], "item_id": df[item_col]})
     if time_col and time_col in df:
-        log["timestamp"] = df[time_col]
+        lines = None if path.suffix == ".parquet" else range(2, len(df) + 2)  # CSV: the header is line 1
+        log["timestamp"] = timestamps(df[time_col], path, lines, what=f"column {time_col!r}")
     items = None
     if items_path is not None:
         items = _read_table(Path(items_path))

@@ -40,6 +40,7 @@ class SequentialRecommender(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
     trainable: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = False  # reads item content: the dataset's feature stores come in the context
 
     def __init__(self, config: ModelConfig, context: ModelContext):
         super().__init__()
@@ -49,6 +50,12 @@ class SequentialRecommender(nn.Module):
 
     def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
         raise NotImplementedError
+
+    def data_settings(self) -> dict[str, Any]:
+        """Settings the model chose from the data when it was built (such as the modalities a content
+        model reads when its config leaves them unset). A checkpoint records them, so that serving rebuilds
+        the same model and a fine-tuning that starts from it keeps them."""
+        return {}
 
     def param_groups(self) -> list[dict]:
         """The optimiser's parameter groups; a group's ``lr_scale`` multiplies ``train.lr``."""

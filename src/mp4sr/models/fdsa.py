@@ -42,6 +42,9 @@ class FDSA(SASRec):
         self.out_dropout = nn.Dropout(config.dropout)
         self.apply(init_weights)
 
+    def data_settings(self) -> dict:
+        return {"modalities": list(self.content.modalities)}
+
     def feature_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, L, H] content representation of each item (zero at padding)."""
         vectors, present = self.content.per_modality((tokens - 1).clamp(min=0))

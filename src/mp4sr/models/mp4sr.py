@@ -18,7 +18,7 @@ new items can be scored by the inductive variant without retraining.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.errors import ConfigError
 from mp4sr.models.base import ModelContext, SequentialRecommender, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 Modality = Literal["text", "image"]
@@ -37,7 +38,7 @@ Modality = Literal["text", "image"]
 
 class MP4SRConfig(LossConfig):
     stage: Literal["pretrain", "finetune"] = "finetune"
-    modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
+    modalities: list[Modality] | None = Field(None, description="the item modalities read; unset: those the data has")
     hidden: int = 64
     layers: int = 2
     heads: int = 2
@@ -185,22 +186,21 @@ def item_dropout(batch: SequenceBatch, max_p: float, generator: torch.Generator 
 
 @register
 class MP4SR(SequentialRecommender):
-    """MP4SR: multimodal (text + image) M2SE encoder, contrastive pre-training, fine-tuning."""
+    """MP4SR: multimodal (text + image) M2SE encoder, contrastive pre-training, fine-tuning.
+
+    It reads the modalities the dataset has unless ``params.modalities`` names them: with one, there is
+    no mixup and no cross-modality contrast, and next-item prediction is that modality's."""
 
     name = "mp4sr"
     Config = MP4SRConfig
     sampler = None
     needs_features = True
+    readable: ClassVar[tuple[str, ...]] = MODALITIES  # the modalities it can read
 
     def __init__(self, config: MP4SRConfig, context: ModelContext):
         super().__init__(config, context)
-        if not config.modalities:
-            raise ConfigError("mp4sr needs at least one modality in params.modalities")
         tables = context.features or {}
-        missing = [m for m in config.modalities if m not in tables]
-        if missing:
-            raise ConfigError(f"mp4sr: no {' or '.join(missing)} features for this dataset; run `mp4sr features`")
-        self.modalities = list(dict.fromkeys(config.modalities))
+        self.modalities = choose_modalities(self.name, config.modalities, tables, dataset_name(context), self.readable)
         self.tables: dict[str, ItemTable] = {}
         self.set_item_tables({m: tables[m] for m in self.modalities})
         self.item_encoders = nn.ModuleDict({m: ItemEncoder(self.tables[m].vectors.shape[-1], config) for m in self.modalities})
@@ -215,6 +215,9 @@ class MP4SR(SequentialRecommender):
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():
                 param.requires_grad = name.startswith("id_embedding")
+
+    def data_settings(self) -> dict:
+        return {"modalities": list(self.modalities)}
 
     def param_groups(self) -> list[dict]:
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]

@@ -19,24 +19,20 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
-from mp4sr.errors import ConfigError
 from mp4sr.models.base import ModelContext, register
 from mp4sr.models.layers import init_weights
+from mp4sr.models.modalities import choose_modalities, dataset_name
 from mp4sr.models.mp4sr import ItemTable
 from mp4sr.models.sasrec import SASRec, SASRecConfig
 
 Modality = Literal["text", "image"]
 
 
-def feature_tables(context: ModelContext, modalities: list[str], model: str) -> dict[str, ItemTable]:
-    """The context's feature stores (or ItemTables) of ``modalities``, as ItemTables."""
+def feature_tables(context: ModelContext, modalities: list[str] | None, model: str) -> dict[str, ItemTable]:
+    """The context's feature stores (or ItemTables) of ``modalities`` (None: those the data has), as ItemTables."""
     found = context.features or {}
-    missing = [m for m in modalities if found.get(m) is None]
-    if missing:
-        raise ConfigError(f"{model}: no {' or '.join(missing)} features for this dataset; run `mp4sr features` "
-                          f"or set params.modalities")
-    return {m: t if isinstance(t, ItemTable) else ItemTable.from_store(t) for m, t in
-            ((m, found[m]) for m in dict.fromkeys(modalities))}
+    chosen = choose_modalities(model, modalities, found, dataset_name(context))
+    return {m: found[m] if isinstance(found[m], ItemTable) else ItemTable.from_store(found[m]) for m in chosen}
 
 
 def mean_pooled(table: ItemTable) -> torch.Tensor:
@@ -72,7 +68,7 @@ class ContentProjection(nn.Module):
 
 
 class SASRecMConfig(SASRecConfig):
-    modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
+    modalities: list[Modality] | None = Field(None, description="the item modalities read; unset: those the data has")
 
 
 @register
@@ -87,6 +83,9 @@ class SASRecM(SASRec):
         super().__init__(config, context)
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
         self.content.apply(init_weights)
+
+    def data_settings(self) -> dict:
+        return {"modalities": list(self.content.modalities)}
 
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight[1:] + self.content()

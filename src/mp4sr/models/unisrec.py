@@ -36,7 +36,7 @@ from mp4sr.models.mp4sr import MP4SR, info_nce, item_dropout
 
 class UniSRecConfig(ModelConfig):
     stage: Literal["pretrain", "finetune"] = "finetune"
-    modalities: list[Literal["text"]] = Field(default_factory=lambda: ["text"], description="text only")
+    modalities: list[Literal["text"]] | None = Field(None, description="text only (unset: text, which the data must have)")
     hidden: int = 300
     layers: int = 2
     heads: int = 2
@@ -76,6 +76,7 @@ class UniSRec(MP4SR):
 
     name = "unisrec"
     Config = UniSRecConfig
+    readable: ClassVar[tuple[str, ...]] = ("text",)
     # Settings of the two stages (what `mp4sr experiment` applies under an entry's own). Fine-tuning:
     # the official lr 1e-3, batch 2048, patience 10. Pre-training: lr 1e-3; the official batch 8192 is
     # for five large source domains, here the target domain is pre-trained with MP4SR's 1024 / 30 epochs.

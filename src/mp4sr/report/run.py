@@ -31,9 +31,12 @@ def pretraining_data(cfg) -> str:
     return text
 
 
-def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, Any], pre_cfg, fin_cfg) -> Path:
-    """Write ``out/report.md`` and return its path."""
+def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, Any], pre_cfg, fin_cfg,
+                     pre_params: dict[str, Any] | None = None) -> Path:
+    """Write ``out/report.md`` and return its path; ``pre_params``: the pre-trained model's settings as it
+    ran (with what it chose from the data), by default its config's."""
     source = pretraining_data(pre_cfg)
+    modalities = (pre_cfg.params if pre_params is None else pre_params).get("modalities") or ["those of the data"]
     pre_label = "pre-trained (content only), test" if source == fin_cfg.dataset else \
         f"pre-trained (content only), test on {source}"
     text = [
@@ -48,7 +51,7 @@ def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, An
             "fine-tuned, test": finetune["test"],
         }, fin_cfg.eval.ks),
         "",
-        f"- pre-training on {source}: best epoch {pretrain['best_epoch']}, modalities {pre_cfg.params.get('modalities', ['text', 'image'])}",
+        f"- pre-training on {source}: best epoch {pretrain['best_epoch']}, modalities {', '.join(modalities)}",
         f"- fine-tuning: best epoch {finetune['best_epoch']}, "
         f"{'transductive' if fin_cfg.params.get('id_embedding', True) else 'inductive'}",
         f"- checkpoints: `{out / 'pretrain' / 'best.pt'}`, `{out / 'finetune' / 'best.pt'}`",

@@ -110,11 +110,12 @@ def _rebuild_model(payload: dict[str, Any], config: RunConfig, data: Dataset, co
                    parts: list[Dataset] | None = None):
     """The checkpoint's model with its weights, and the feature stores it reads (content models)."""
     name = payload["model_name"]
-    stores = _feature_stores(config, data, parts) if getattr(model_class(name), "needs_features", False) else {}
+    stores = _feature_stores(config, data, parts) if model_class(name).needs_features else {}
     _check_feature_vectors(payload, stores, path)
     context = ModelContext(n_items=data.n_items, max_len=config.data.max_len, item_counts=counts,
                            features=stores or None, extras={"dataset": data})
-    model = build_model(name, config.params, context)
+    # the choices it made from the data when trained (its modalities...), unless its config sets them
+    model = build_model(name, {**(payload.get("data_settings") or {}), **config.params}, context)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:

@@ -37,12 +37,18 @@ class RunOutput:
             out["test_by_protocol"] = {name: r.metrics for name, r in self.result.test_by_protocol.items()}
         return out
 
+    def params(self) -> dict[str, Any]:
+        """The model's settings as it ran: the config's, and those it chose from the data."""
+        return {**self.config.params, **self.model.data_settings()}
 
-def checkpoint_payload(config: RunConfig, dataset: Dataset) -> dict[str, Any]:
-    """What a checkpoint holds beside the weights: enough to rebuild the model and map item ids."""
+
+def checkpoint_payload(config: RunConfig, dataset: Dataset, model=None) -> dict[str, Any]:
+    """What a checkpoint holds beside the weights: enough to rebuild the model and map item ids
+    (``data_settings``: what the model chose from the data, see ``SequentialRecommender.data_settings``)."""
     return {
         "model_name": config.model,
         "config": config.model_dump(mode="json"),
+        "data_settings": {} if model is None else model.data_settings(),
         "item_ids": [str(i) for i in dataset.items.ids],
         "dataset": dataset.name,
     }
@@ -76,17 +82,29 @@ def dataset_features(config: RunConfig, dataset: Dataset, parts: list[Dataset] |
     return found
 
 
-def load_encoder(model, checkpoint: str | Path) -> None:
-    """Start ``model`` from the weights of a (pre-training) checkpoint."""
+def read_pretrained(checkpoint: str | Path) -> dict[str, Any]:
+    """The (pre-training) checkpoint a run starts from."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def inherited_params(config: RunConfig, pretrained: dict[str, Any] | None) -> dict[str, Any]:
+    """``config.params`` over what the pre-trained model chose from its data (its modalities...): a
+    fine-tuning keeps the choices of its pre-training unless its own settings say otherwise."""
+    fields = model_class(config.model).Config.model_fields
+    chosen = {k: v for k, v in ((pretrained or {}).get("data_settings") or {}).items() if k in fields}
+    return {**chosen, **config.params}
+
+
+def load_encoder(model, pretrained: dict[str, Any]) -> None:
+    """Start ``model`` from the weights of a (pre-training) checkpoint read by ``read_pretrained``."""
     if not hasattr(model, "load_pretrained"):
         raise ConfigError(f"model {model.name!r} cannot start from a pre-trained checkpoint")
-    model.load_pretrained(state["state_dict"])
+    model.load_pretrained(pretrained["state_dict"])
 
 
 def run_dataset(config: RunConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[Dataset]]:
@@ -115,7 +133,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     dataset, parts = run_dataset(config, dataset)
     split = leave_one_out(dataset)
     features = None
-    if getattr(model_class(config.model), "needs_features", False):
+    if model_class(config.model).needs_features:
         if not distributed.is_main():  # rank 0 computes (or imports) and caches them first
             distributed.barrier()
         features = dataset_features(config, dataset, parts)
@@ -125,10 +143,19 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
         n_items=dataset.n_items, max_len=config.data.max_len, item_counts=split.train_counts(), features=features,
         extras={"dataset": dataset, **(context_extras or {})},
     )
+    pretrained = read_pretrained(config.init_from) if config.init_from else None
     seed_everything(config.train.seed)  # the initial weights depend on the seed alone (torch's default seed varies)
-    model = build_model(config.model, config.params, context)
-    if config.init_from:
-        load_encoder(model, config.init_from)
+    params = inherited_params(config, pretrained)
+    try:
+        model = build_model(config.model, params, context)
+    except ConfigError as e:
+        inherited = [f"params.{k}" for k in params if k not in config.params]
+        if not inherited:
+            raise
+        raise ConfigError(f"{e}. Here {', '.join(inherited)} came from the pre-trained checkpoint {config.init_from}: "
+                          "its encoder was trained on them") from None
+    if pretrained is not None:
+        load_encoder(model, pretrained)
     examples = split.train_examples(config.data.training_mode, config.data.max_len)
     out = Path(out_dir) if out_dir else None
     if out and distributed.is_main():
@@ -140,7 +167,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
             raise ConfigError(f"cannot write in the output folder {out}: {e.strerror or e}") from None
     trainer = Trainer(
         model, split, examples, config.train, config.eval, config.data.max_len, out,
-        checkpoint_extra=checkpoint_payload(config, dataset), feature_manifest=feature_manifest(features), resume=resume,
+        checkpoint_extra=checkpoint_payload(config, dataset, model), feature_manifest=feature_manifest(features), resume=resume,
     )
     result = trainer.fit()
     output = RunOutput(config, dataset, split, model, result)
