@@ -46,7 +46,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mp4sr.config import (
-    FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config, deep_merge, parse_overrides, read_yaml,
+    FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, ColumnSettings, RunConfig, build_config, deep_merge, parse_overrides, read_yaml,
 )
 from mp4sr.errors import ConfigError
 from mp4sr.models.base import model_class, parse_model_config
@@ -56,7 +56,8 @@ STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
 # Settings added after runs were first stored: left out of the key while at their default, so that the
 # runs stored before a setting existed keep their keys.
-KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": []}, "eval": {"test_every_epoch": False}}
+KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": [], "columns": ColumnSettings().model_dump(mode="json")},
+                    "eval": {"test_every_epoch": False}}
 Role = Literal["baseline", "reference", "ablation"]
 
 

@@ -72,7 +72,8 @@ class ContentProjection(nn.Module):
 
 
 class SASRecMConfig(SASRecConfig):
-    modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
+    modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"], description="item content "
+                                       "projected and added to the ID embeddings")
 
 
 @register
