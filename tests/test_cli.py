@@ -77,3 +77,19 @@ def test_experiment_status_reads_without_training(tmp_path):
     assert "2 of 4 runs finished" in " ".join(result.output.split()) and "2/2" in result.output
     result = runner.invoke(app, ["experiment", str(path), "--status", "--report-only"])
     assert result.exit_code != 0 and "--status only reads" in str(result.exception)
+
+
+def test_features_reads_a_table_with_its_column_names(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    pd.DataFrame({"uid": ["u"] * 5, "iid": list("abcde")}).to_csv(folder / "interactions.csv", index=False)
+    base = ["features", "--dataset", str(folder), "--no-text", "--no-image"]
+    result = runner.invoke(app, base)
+    assert result.exit_code != 0 and "data.columns.user" in str(result.exception)
+    result = runner.invoke(app, [*base, "--set", "data.columns.user=uid", "--set", "data.columns.item=iid"])
+    assert result.exit_code == 0, result.output
+    assert "text: no store (skipped)" in result.output
+    result = runner.invoke(app, [*base, "--set", "features.text=null"])
+    assert result.exit_code != 0 and "data.* settings" in str(result.exception)
