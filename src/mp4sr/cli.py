@@ -177,7 +177,7 @@ def run(
     from mp4sr.report import write_run_report
     from mp4sr.stages import route_run_overrides
 
-    planned = build_config(RunConfig, config, base=FINETUNE_DEFAULTS)
+    planned = build_config(RunConfig, config, set_, base=FINETUNE_DEFAULTS)  # the model whose settings are routed
     dataset = dataset or planned.dataset
     pre_set, set_ = route_run_overrides(planned.model, set_, pretrain_set, transfer=pretrain_dataset is not None)
     main = _start_distributed()
