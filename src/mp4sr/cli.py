@@ -201,16 +201,18 @@ def _feature_dataset(dataset: Optional[str], config: Optional[Path], set_: Optio
     """What `features` extracts from: the dataset's name, or, under --config / --set, the dataset read
     with their data settings (column names, cores)."""
     from mp4sr.config import RunConfig, build_config
-    from mp4sr.data import load_dataset
+    from mp4sr.data import find_dataset, load_dataset
+    from mp4sr.data.loader import detect_format
 
     other = [kv for kv in set_ or [] if not kv.startswith("data.")]
     if other:
         raise MP4SRError(f"--set {other[0]}: `mp4sr features` takes data.* settings; its encoders are its options "
                          "(--text-encoder, --image-encoder, ...)")
     cfg: RunConfig = build_config(RunConfig, config, set_, dataset=dataset)
-    if config is None and not set_:
+    folder = find_dataset(cfg.dataset)
+    if (config is None and not set_) or (folder.is_dir() and detect_format(folder) is None):
         return cfg.dataset  # by name: also item tables without interactions (hm-sample)
-    return load_dataset(cfg.dataset, cfg.data.user_core, cfg.data.item_core, cfg.data.columns)
+    return load_dataset(folder, cfg.data.user_core, cfg.data.item_core, cfg.data.columns)
 
 
 @app.command()
