@@ -54,3 +54,8 @@ def test_run_refuses_before_anything_trains(tmp_path):
     result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "r"), "--set", "params.mixup=false"])
     assert result.exit_code != 0 and "--pretrain-set params.mixup=false" in str(result.exception)
     assert not (tmp_path / "r").exists()
+
+
+def test_train_refuses_a_setting_of_the_stage_it_does_not_run(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--model", "mp4sr", "--out", str(tmp_path / "t"), "--set", "params.mixup=false"])
+    assert result.exit_code != 0 and "pre-training setting" in str(result.exception)

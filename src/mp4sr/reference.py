@@ -159,7 +159,7 @@ def markdown(model: str | None = None) -> str:
         + ", ".join(f"`{k}`" for k in schedule_keys()) + "), which `--set` gives to fine-tuning only.",
         "- A model setting only one stage reads (the *stage* column below) is refused where the other stage would "
         "ignore it, with the option that reaches its stage: `--set params.mixup=false` under `mp4sr run` answers "
-        "`give it with --pretrain-set params.mixup=false`. `mp4sr pretrain` and `mp4sr finetune` refuse them likewise.",
+        "`give it with --pretrain-set params.mixup=false`. `mp4sr pretrain`, `mp4sr finetune` and `mp4sr train` (by the stage in `params.stage`) refuse them likewise.",
         "- " + " and ".join(f"`{k}`" for k in SOURCE_KEYS) + " describe the pre-training source: given with `--set` "
         "they reach pre-training only, and only beside `--pretrain-dataset A`; without it they are refused (they would "
         "also change the fine-tuning and test set), and `--pretrain-set` gives them to pre-training on the same dataset.",
