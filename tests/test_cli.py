@@ -106,3 +106,19 @@ def test_images_alone_and_no_content_at_all(scientific_mm_with, tmp_path, caplog
     id_only = ", ".join(sorted(name for name, cls in REGISTRY.items() if not cls.needs_features))
     assert result.exit_code != 0 and "dataset 'scientific-ids' has none (it has neither item text nor images)" in str(
         result.exception) and f"can train on it: {id_only}" in str(result.exception)
+
+
+def test_features_reads_a_table_with_its_column_names(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    pd.DataFrame({"uid": ["u"] * 5, "iid": list("abcde")}).to_csv(folder / "interactions.csv", index=False)
+    base = ["features", "--dataset", str(folder), "--no-text", "--no-image"]
+    result = runner.invoke(app, base)
+    assert result.exit_code != 0 and "data.columns.user" in str(result.exception)
+    result = runner.invoke(app, [*base, "--set", "data.columns.user=uid", "--set", "data.columns.item=iid"])
+    assert result.exit_code == 0, result.output
+    assert "text: no store (skipped)" in result.output
+    result = runner.invoke(app, [*base, "--set", "features.text=null"])
+    assert result.exit_code != 0 and "data.* settings" in str(result.exception)

@@ -27,7 +27,9 @@ def _out_console() -> Console:
     """stdout console; wide when not a terminal so that tables in logs are not cut."""
     return Console() if sys.stdout.isatty() else Console(width=160)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML file of settings (see configs/).")
+ConfigOpt = typer.Option(
+    None, "--config", "-c", help="YAML file of settings: a run's config.yaml or e.g. configs/run/mp4sr-example.yaml "
+    "(keys: `mp4sr config --show`).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a setting: key=value, e.g. train.lr=1e-4 (repeatable).")
 
 
@@ -78,7 +80,6 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     _setup_logging(verbose)
 
 
-DatasetOpt = typer.Option("amazon-scientific-mm", "--dataset", "-d", help="Dataset name or path.")
 # for commands that read a run's settings: a --config file's dataset holds unless the option is given
 RunDatasetOpt = typer.Option(
     None, "--dataset", "-d", help="Dataset name or path (default: the --config file's, else amazon-scientific-mm).")
@@ -96,9 +97,14 @@ def train(
 ) -> None:
     """Train and evaluate one model; writes metrics.json, best.pt, last.pt, epochs.jsonl and config.yaml."""
     from mp4sr.config import RunConfig, build_config
+    from mp4sr.models.base import parse_model_config
+    from mp4sr.stages import check_overrides
     from mp4sr.train import train_run
 
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
+    stage = getattr(parse_model_config(cfg.model, cfg.params), "stage", None)  # models with a pre-training stage
+    if stage is not None:
+        check_overrides(cfg.model, stage, [kv for kv in set_ or [] if not kv.startswith("params.stage=")], "`mp4sr train`")
     if resume and out is None:
         raise MP4SRError("--resume needs --out: the folder of the run to continue")
     main = _start_distributed(cfg.train.device)
@@ -118,10 +124,12 @@ def _stage(kind: str, dataset: Optional[str], config: Optional[Path], set_: Opti
            init_from: Optional[str] = None, resume: bool = False):
     """Build the config of an MP4SR stage, train it, print its table; returns (config, output, out)."""
     from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
+    from mp4sr.stages import check_overrides
     from mp4sr.train import train_run
 
     base = PRETRAIN_DEFAULTS if kind == "pretrain" else FINETUNE_DEFAULTS
     cfg: RunConfig = build_config(RunConfig, config, set_, base=base, dataset=dataset, init_from=init_from)
+    check_overrides(cfg.model, kind, set_, f"`mp4sr {kind}`")
     main = _start_distributed(cfg.train.device)
     out = out or default_out_dir(kind, cfg.dataset, cfg.model)
     if main:
@@ -160,23 +168,27 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML applied to both stages."),
     pretrain_dataset: Optional[str] = typer.Option(
         None, "--pretrain-dataset", help="Pre-train on this dataset instead (transfer; its item vectors must come from the same encoders)."),
-    pretrain_set: Optional[list[str]] = typer.Option(None, "--pretrain-set", help="key=value for pre-training only."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="key=value for fine-tuning (and both stages' shared keys)."),
+    pretrain_set: Optional[list[str]] = typer.Option(
+        None, "--pretrain-set", help="key=value for pre-training only (wins there over --set)."),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", "-s", help="key=value for fine-tuning, and for pre-training too unless the key is a stage's "
+        "schedule (train.lr, train.epochs, ... : see docs/settings.md); pre-training-only settings are refused here."),
     out: Optional[Path] = OutOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """End to end: features -> pre-train -> fine-tune -> test -> report."""
     import json as _json
 
-    from mp4sr.config import RunConfig, build_config
+    from mp4sr.config import FINETUNE_DEFAULTS, RunConfig, build_config
     from mp4sr.report import write_run_report
+    from mp4sr.stages import route_run_overrides
 
-    dataset = dataset or build_config(RunConfig, config).dataset
-    main = _start_distributed(build_config(RunConfig, config, set_).train.device)
+    planned = build_config(RunConfig, config, set_, base=FINETUNE_DEFAULTS)  # the model whose settings are routed
+    dataset = dataset or planned.dataset
+    pre_set, set_ = route_run_overrides(planned.model, set_, pretrain_set, transfer=pretrain_dataset is not None)
+    main = _start_distributed(planned.train.device)
     out = out or default_out_dir("run", dataset, "mp4sr")
-    shared = [kv for kv in (set_ or []) if kv.split("=", 1)[0].split(".")[0] in {"data", "features", "eval"}]
-    pre_cfg, pre, _ = _stage("pretrain", pretrain_dataset or dataset, config, shared + (pretrain_set or []),
-                             out / "pretrain", resume=resume)
+    pre_cfg, pre, _ = _stage("pretrain", pretrain_dataset or dataset, config, pre_set, out / "pretrain", resume=resume)
     fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune",
                              init_from=str(out / "pretrain" / "best.pt"), resume=resume)
     if not main:
@@ -186,14 +198,40 @@ def run(
     console.print(f"report: {report}")
 
 
+DataConfigOpt = typer.Option(
+    None, "--config", "-c", help="A run's YAML file: its dataset and data section (columns, cores) say how to read the dataset.")
+DataSetOpt = typer.Option(None, "--set", "-s", help="A data.* setting, e.g. data.columns.user=uid (repeatable).")
+
+
+def _feature_dataset(dataset: Optional[str], config: Optional[Path], set_: Optional[list[str]]):
+    """What `features` extracts from: the dataset's name, or, under --config / --set, the dataset read
+    with their data settings (column names, cores)."""
+    from mp4sr.config import RunConfig, build_config
+    from mp4sr.data import find_dataset, load_dataset
+    from mp4sr.data.loader import detect_format
+
+    other = [kv for kv in set_ or [] if not kv.startswith("data.")]
+    if other:
+        raise MP4SRError(f"--set {other[0]}: `mp4sr features` takes data.* settings; its encoders are its options "
+                         "(--text-encoder, --image-encoder, ...)")
+    cfg: RunConfig = build_config(RunConfig, config, set_, dataset=dataset)
+    folder = find_dataset(cfg.dataset)
+    if (config is None and not set_) or (folder.is_dir() and detect_format(folder) is None):
+        return cfg.dataset  # by name: also item tables without interactions (hm-sample)
+    return load_dataset(folder, cfg.data.user_core, cfg.data.item_core, cfg.data.columns)
+
+
 @app.command()
 def features(
-    dataset: str = DatasetOpt,
+    dataset: Optional[str] = RunDatasetOpt,
+    config: Optional[Path] = DataConfigOpt,
+    set_: Optional[list[str]] = DataSetOpt,
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="sentence-transformers name or folder, or a HF encoder folder (default all-MiniLM-L6-v2)."),
     image_encoder: Optional[str] = typer.Option(None, "--image-encoder", help="'efficientnet-lite0' (default) or a CLIP folder."),
     image_mode: str = typer.Option("embed", "--image-mode", help="embed | keywords"),
     image_from: Optional[str] = typer.Option("auto", "--image-from", help="dataset whose image vectors to join by item id ('auto': <name>-mm when present)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: compute part I of N (merge with features-merge)."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: compute part I of N, I counted from 0 (0/2 and 1/2; merge with features-merge)."),
     max_vectors: int = typer.Option(10, "--max-vectors", help="vectors kept per item."),
     no_text: bool = typer.Option(False, "--no-text"),
     no_image: bool = typer.Option(False, "--no-image"),
@@ -220,33 +258,40 @@ def features(
     if one_shard_per_process:
         distributed.init_from_env(timeout=timedelta(days=2))  # gloo: only barriers; shards may take long
         shard = f"{distributed.rank()}/{distributed.world_size()}"
-    run_features(dataset, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings)
+    items = _feature_dataset(dataset, config, set_)
+    run_features(items, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings)
     if one_shard_per_process:
         distributed.barrier()
         if distributed.is_main():
-            run_features_merge(dataset, text_encoder=text_encoder, image_encoder=image_encoder,
+            run_features_merge(items, text_encoder=text_encoder, image_encoder=image_encoder,
                                image_mode=image_mode, max_vectors=max_vectors, **settings)
 
 
 @app.command("features-merge")
 def features_merge(
-    dataset: str = DatasetOpt,
+    dataset: str = typer.Option(..., "--dataset", "-d", help="The dataset the shards were computed for (name or path)."),
     parts: Optional[list[Path]] = typer.Argument(None, help="'.partial' folders copied from other machines."),
+    config: Optional[Path] = DataConfigOpt,
+    set_: Optional[list[str]] = DataSetOpt,
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder"),
     image_encoder: Optional[str] = typer.Option(None, "--image-encoder"),
     image_mode: str = typer.Option("embed", "--image-mode"),
     image_from: Optional[str] = typer.Option("auto", "--image-from"),
     max_vectors: int = typer.Option(10, "--max-vectors"),
     text_pooling: str = typer.Option("auto", "--text-pooling"),
+    keywords: int = typer.Option(15, "--keywords"),
+    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary"),
+    dtype: str = typer.Option("float16", "--dtype"),
     no_text: bool = typer.Option(False, "--no-text"),
     no_image: bool = typer.Option(False, "--no-image"),
 ) -> None:
-    """Merge the shards of `mp4sr features --shard I/N` into one store (use the shards' options)."""
+    """Merge the shards of `mp4sr features --shard I/N` into one store (give the options the shards ran with)."""
     from mp4sr.features import run_features_merge
 
-    run_features_merge(dataset, parts or (), text_encoder=text_encoder, image_encoder=image_encoder,
-                       image_mode=image_mode, max_vectors=max_vectors, echo=typer.echo, image_from=image_from,
-                       text_pooling=text_pooling, no_text=no_text, no_image=no_image)
+    run_features_merge(_feature_dataset(dataset, config, set_), parts or (), text_encoder=text_encoder,
+                       image_encoder=image_encoder, image_mode=image_mode, max_vectors=max_vectors, echo=typer.echo,
+                       image_from=image_from, text_pooling=text_pooling, n_keywords=keywords, vocabulary=vocabulary,
+                       dtype=dtype, no_text=no_text, no_image=no_image)
 
 
 @app.command()
@@ -346,6 +391,7 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
 def datasets() -> None:
     """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes."""
     from mp4sr.data import list_datasets, load_dataset
+    from mp4sr.data.loader import ITEMS_ONLY
     from mp4sr.paths import data_roots
 
     found = list_datasets()
@@ -357,12 +403,31 @@ def datasets() -> None:
         table.add_column(col, justify="right" if col in {"users", "items", "interactions", "avg len"} else "left")
     for name, folder, fmt in found:
         try:
+            if fmt == ITEMS_ONLY:
+                from mp4sr.features import load_items
+
+                table.add_row(name, fmt, "-", f"{len(load_items(folder).catalogue.ids):,}", "-", "-", str(folder))
+                continue
             s = load_dataset(folder).summary()
             table.add_row(name, fmt, f"{s['users']:,}", f"{s['items']:,}", f"{s['interactions']:,}",
                           f"{s['avg_length']:.1f}", str(folder))
         except MP4SRError as e:
             table.add_row(name, fmt, "-", "-", "-", "-", f"unreadable: {e}")
     _out_console().print(table)
+
+
+@app.command("config")
+def config_(
+    show: bool = typer.Option(False, "--show", help="Print every setting with its type, default and description."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Only this model's params (default: every model's)."),
+    markdown: bool = typer.Option(False, "--markdown", help="As Markdown: the page docs/settings.md."),
+) -> None:
+    """The settings reference: keys of --config files and --set, per section and per model."""
+    from mp4sr import reference
+
+    if not show:
+        raise MP4SRError("give --show (optionally --model NAME, --markdown)")
+    typer.echo(reference.markdown(model) if markdown else reference.text(model), nl=False)
 
 
 @app.command()

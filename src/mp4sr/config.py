@@ -19,6 +19,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ColumnSettings(Section):
+    """Column names of a table or RecBole atomic dataset (the other layouts have fixed files)."""
+
+    user: str = Field("user_id", description="user id column of the interactions")
+    item: str = Field("item_id", description="item id column of the interactions and of the item table")
+    time: str | None = Field("timestamp", description="time column (any sortable values); when it is absent or "
+                             "null, each user's interactions keep the file's order")
+    text: list[str] | None = Field(None, description="item table columns joined ('. ') into the item text; null: "
+                                   "every string column except the image one")
+    image: str | None = Field("image", description="item table column of image file paths, relative to the item "
+                              "table's folder; null: no images")
+
+
 class DataSettings(Section):
     max_len: int = Field(50, ge=1, description="items of history a model sees")
     training_mode: Literal["sequence", "prefix"] = Field(
@@ -35,26 +48,29 @@ class DataSettings(Section):
         default_factory=list, description="datasets whose users are dropped from this one (pre-training on a "
         "source that shares no user with the target)"
     )
+    columns: ColumnSettings = Field(default_factory=ColumnSettings, description="column names of tables and atomic files")
 
 
 class TrainSettings(Section):
-    epochs: int = Field(300, ge=0)
-    batch_size: int = Field(2048, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(300, ge=0, description="most training epochs (early stopping usually ends sooner)")
+    batch_size: int = Field(2048, ge=1, description="training sequences per step (the global batch under torchrun)")
+    eval_batch_size: int = Field(1024, ge=1, description="users ranked at once in validation and test")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     clip_grad: float | None = Field(5.0, description="max gradient norm; null disables clipping")
     patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
-    valid_metric: str = "ndcg@10"
-    seed: int = 2024
+    valid_metric: str = Field("ndcg@10", description="validation metric that picks the best epoch and stops "
+                              "training: recall@K, ndcg@K or mrr@K")
+    seed: int = Field(2024, description="seed of weights, shuffling and dropout")
     device: str = Field("cpu", description="'cpu', 'cuda' (this process's GPU under torchrun) or 'cuda:N'")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16': the forward pass and the loss under torch.autocast in bfloat16 (CUDA or CPU); "
         "evaluation always scores in float32"
     )
     threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
-    group_by_length: bool = True
-    progress: bool = True
+    group_by_length: bool = Field(True, description="batch sequences of similar length together (less padding, "
+                                  "batches still shuffled)")
+    progress: bool = Field(True, description="show a progress bar per epoch")
     tensorboard: bool = Field(True, description="write TensorBoard event files in <out>/tensorboard (needs the "
                               "tensorboard package; off without it)")
 
@@ -68,7 +84,8 @@ class TrainSettings(Section):
 
 
 class EvalSettings(Section):
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50], description="cut-offs K of Recall@K, NDCG@K "
+                          "and MRR@K")
     exclude_history: bool = Field(
         False, description="drop the user's history items from the ranking (off: the standard protocol)"
     )
@@ -87,7 +104,8 @@ class FeatureSettings(Section):
 
     text: str | None = Field("auto", description="'auto', an encoder name or folder, or null for none")
     image: str | None = Field("auto", description="'auto', 'efficientnet-lite0', a CLIP folder, or null")
-    image_mode: Literal["embed", "keywords"] = "embed"
+    image_mode: Literal["embed", "keywords"] = Field(
+        "embed", description="'embed': image vectors; 'keywords': the words an image model sees, as text vectors")
     image_from: str | None = Field("auto", description="a dataset whose image vectors to join by item id")
     max_vectors: int = Field(10, ge=1, description="vectors kept per item (sentences, fields, images)")
     text_vectors: str | None = Field(None, description="precomputed text vectors to import instead: a .parquet/.npz "
@@ -96,14 +114,14 @@ class FeatureSettings(Section):
 
 
 class RunConfig(Section):
-    model: str = "sasrec"
-    dataset: str = "amazon-scientific-mm"
+    model: str = Field("sasrec", description="model name (`mp4sr models`); its settings go under params")
+    dataset: str = Field("amazon-scientific-mm", description="dataset name (`mp4sr datasets`) or folder")
     params: dict[str, Any] = Field(default_factory=dict, description="the model's own settings")
     init_from: str | None = Field(None, description="checkpoint whose encoder weights start the training")
-    data: DataSettings = Field(default_factory=DataSettings)
-    features: FeatureSettings = Field(default_factory=FeatureSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    eval: EvalSettings = Field(default_factory=EvalSettings)
+    data: DataSettings = Field(default_factory=DataSettings, description="how the dataset is read and cut")
+    features: FeatureSettings = Field(default_factory=FeatureSettings, description="item vectors of content models")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="optimisation and early stopping")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="the full-ranking evaluation")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -173,7 +191,11 @@ def build_config(
     **explicit: Any,
 ) -> Any:
     """Defaults < base < file < overrides < explicit (non-None) values."""
-    tree = deep_merge(base or {}, read_yaml(file) if file else {})
+    content = read_yaml(file) if file else {}
+    if {"models", "datasets"} & set(content) and cls is RunConfig:
+        raise ConfigError(f"{file} is an experiment file (run it with `mp4sr experiment {file}`); --config takes one "
+                          "run's settings, e.g. configs/run/mp4sr-example.yaml or a run's config.yaml")
+    tree = deep_merge(base or {}, content)
     tree = deep_merge(tree, parse_overrides(overrides))
     tree = deep_merge(tree, {k: v for k, v in explicit.items() if v is not None})
     try:

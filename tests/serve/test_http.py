@@ -238,6 +238,31 @@ def test_add_items_needs_vectors_for_imported_features(clients):
     assert wrong.status_code == 422 and "512" in wrong.json()["detail"]
 
 
+def test_a_422_of_items_says_which_fields_the_model_takes(clients):
+    """amazon-scientific-mm's vectors are imported: only precomputed vectors can be added, and every 422 says so."""
+    accepts = {"text": ["text_vector (512 numbers)"], "image": ["image_vector (512 numbers)"]}
+    assert clients["mp4sr"].get("/health").json()["new_item_fields"] == accepts
+    for item in ({"id": "NEW-T", "text": "A digital caliper."}, {"id": "NEW-P", "image_path": "caliper.jpg"}):
+        response = clients["mp4sr"].post("/items", json={"items": [item]})
+        assert response.status_code == 422 and response.json()["accepts"] == accepts
+        assert "text: text_vector (512 numbers)" in response.json()["detail"]
+    assert clients["sasrec"].get("/health").json()["new_item_fields"] == {}
+
+
+def test_serving_docs_list_exactly_the_models_that_add_items():
+    import re
+    from pathlib import Path
+
+    from mp4sr.models import REGISTRY
+    from mp4sr.models.base import can_add_items
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    listed = {kind: set(re.findall(r"`(\w+)`", re.search(rf"Models that {kind} add items: ([^.]*)\.", page).group(1)))
+              for kind in ("can", "cannot")}
+    assert listed == {"can": {n for n, c in REGISTRY.items() if can_add_items(c)},
+                      "cannot": {n for n, c in REGISTRY.items() if not can_add_items(c)}}
+
+
 def test_add_items_refused_for_sasrec(clients):
     response = clients["sasrec"].post("/items", json={"items": [{"id": "NEW", "text_vector": [0.0] * 512}]})
     assert response.status_code == 400

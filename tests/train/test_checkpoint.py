@@ -151,3 +151,10 @@ def test_config_changes_that_matter_are_named():
     check_config(saved, {"model": "sasrec", "params": {"hidden": 64}, "train": {"lr": 0.001, "epochs": 50, "threads": 2}}, "x")
     with pytest.raises(CheckpointMismatch, match=r"params\.hidden: 64 in the checkpoint, 32 now"):
         check_config(saved, {"model": "sasrec", "params": {"hidden": 32}, "train": {"lr": 0.001, "epochs": 10}}, "x")
+
+
+def test_a_setting_added_since_the_run_began_is_no_change_at_its_default():
+    saved = {"config": {"model": "sasrec", "data": {"max_len": 50}}}
+    check_config(saved, {"model": "sasrec", "data": {"max_len": 50, "columns": {"user": "user_id"}}}, "x")
+    with pytest.raises(CheckpointMismatch, match=r"data\.columns\.user: None in the checkpoint, 'uid' now"):
+        check_config(saved, {"model": "sasrec", "data": {"max_len": 50, "columns": {"user": "uid"}}}, "x")

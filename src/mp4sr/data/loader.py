@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mp4sr.config import ColumnSettings
 from mp4sr.data.dataset import Dataset
 from mp4sr.data.readers import MMSREC_ITEMS, MMSREC_SEQUENCES, read_atomic, read_mmsrec, read_s3rec, read_table, read_unisrec
 from mp4sr.errors import DataError
 from mp4sr.paths import DATA_ENV, data_roots
+
+
+ITEMS_ONLY = "items only"  # an item table without interactions: features, not training
+ITEM_TABLE_NAMES = ("articles*.parquet", "articles*.csv", "items.parquet", "items.csv")
 
 
 def detect_format(folder: Path) -> str | None:
@@ -41,25 +46,29 @@ def find_dataset(name: str | Path) -> Path:
 
 
 def list_datasets() -> list[tuple[str, Path, str]]:
-    """(name, folder, format) of every readable dataset in the data folders; the first root wins."""
+    """(name, folder, format) of every readable dataset in the data folders, item tables without
+    interactions as ``ITEMS_ONLY``; the first root wins."""
     seen, found = set(), []
     for root in data_roots():
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            fmt = detect_format(folder)
+            fmt = detect_format(folder) or (ITEMS_ONLY if any(any(folder.glob(n)) for n in ITEM_TABLE_NAMES) else None)
             if fmt and folder.name not in seen:
                 seen.add(folder.name)
                 found.append((folder.name, folder, fmt))
     return found
 
 
-def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Dataset:
-    """Read a dataset by name or path in whatever supported format it is stored."""
+def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0, columns: ColumnSettings | None = None) -> Dataset:
+    """Read a dataset by name or path in whatever supported format it is stored; ``columns`` (the
+    ``data.columns`` settings) names the columns of tables and atomic files."""
     path = find_dataset(name)
+    c = columns or ColumnSettings()
+    table_columns = dict(user_col=c.user, item_col=c.item, time_col=c.time, text_fields=c.text, image_field=c.image)
     if path.is_file():
         if path.suffix in {".csv", ".parquet"}:
-            return read_table(path, user_core=user_core, item_core=item_core)
+            return read_table(path, user_core=user_core, item_core=item_core, **table_columns)
         return read_s3rec(path)
     fmt = detect_format(path)
     if fmt == "unisrec":
@@ -67,11 +76,13 @@ def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Da
     if fmt == "mmsrec":
         return read_mmsrec(path)
     if fmt == "atomic":
-        return read_atomic(path, user_core=user_core, item_core=item_core)
+        return read_atomic(path, user_core=user_core, item_core=item_core, user_col=c.user, item_col=c.item,
+                           time_col=c.time, text_fields=c.text)
     if fmt == "table":
         inter = next(p for p in (path / "interactions.parquet", path / "interactions.csv") if p.is_file())
         items = next((p for p in (path / "items.parquet", path / "items.csv") if p.is_file()), None)
-        return read_table(inter, name=path.name, items_path=items, user_core=user_core, item_core=item_core)
+        return read_table(inter, name=path.name, items_path=items, user_core=user_core, item_core=item_core,
+                          **table_columns)
     if fmt == "s3rec":
         return read_s3rec(next(path.glob("*.txt")), name=path.name)
     raise DataError(
@@ -81,9 +92,10 @@ def load_dataset(name: str | Path, user_core: int = 5, item_core: int = 0) -> Da
     )
 
 
-def users_of(datasets: list[str | Path], user_core: int = 5, item_core: int = 0) -> set[str]:
+def users_of(datasets: list[str | Path], user_core: int = 5, item_core: int = 0,
+             columns: ColumnSettings | None = None) -> set[str]:
     """The external ids of every user of ``datasets``."""
-    return {str(u) for name in datasets for u in load_dataset(name, user_core, item_core).user_ids}
+    return {str(u) for name in datasets for u in load_dataset(name, user_core, item_core, columns).user_ids}
 
 
 def exclude_users_of(dataset: Dataset, others: list[str | Path], user_core: int = 5, item_core: int = 0,

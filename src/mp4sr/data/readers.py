@@ -372,27 +372,38 @@ def _atomic_table(path: Path, sep: str) -> pd.DataFrame:
     return df
 
 
-def read_atomic(folder: Path, name: str | None = None, sep: str = "\t", user_core: int = 5, item_core: int = 0) -> Dataset:
+def read_atomic(folder: Path, name: str | None = None, sep: str = "\t", user_core: int = 5, item_core: int = 0,
+                user_col: str = "user_id", item_col: str = "item_id", time_col: str | None = "timestamp",
+                text_fields: list[str] | None = None) -> Dataset:
+    """``<name>.inter`` (and ``<name>.item``) with the given field names; ``text_fields``: the item
+    fields joined into the item text (default every text field)."""
     folder = Path(folder)
     inters = sorted(p for p in folder.glob("*.inter") if p.name.count(".") == 1)
     if len(inters) != 1:
         raise DataError(f"expected exactly one '<name>.inter' atomic file, found {[p.name for p in inters]}", folder)
     inter = inters[0]
     df = _atomic_table(inter, sep)
-    for col in ("user_id", "item_id"):
+    for col in (user_col, item_col):
         if col not in df:
-            raise DataError(f"the header has no '{col}:token' field", inter, 1)
+            raise DataError(f"the header has no '{col}:token' field{_COLUMN_HINT}", inter, 1)
     if len(df) == 0:
         raise DataError("no interactions after the header", inter)
+    df = df.rename(columns={user_col: "user_id", item_col: "item_id", **({time_col: "timestamp"} if time_col else {})})
     item_file = inter.with_suffix(".item")
     items = _atomic_table(item_file, sep) if item_file.is_file() else None
-    if items is not None and "item_id" not in items:
-        raise DataError("the header has no 'item_id:token' field", item_file, 1)
-    text_fields = None if items is None else [c for c in items.columns if c != "item_id" and _is_text(items[c])]
+    if items is not None and item_col not in items:
+        raise DataError(f"the header has no '{item_col}:token' field{_COLUMN_HINT}", item_file, 1)
+    if items is not None:
+        items = items.rename(columns={item_col: "item_id"})
+        if text_fields is None:
+            text_fields = [c for c in items.columns if c != "item_id" and _is_text(items[c])]
     return from_interactions(df, name or folder.name, items, user_core, item_core, text_fields, source=inter)
 
 
 # --------------------------------------------------------------------------- CSV / Parquet tables
+
+
+_COLUMN_HINT = " (other names: --set data.columns.user=NAME, .item, .time; see docs/own-data.md)"
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -423,7 +434,7 @@ def read_table(
         raise DataError("empty table: expected (user, item, timestamp) rows", path)
     missing = [c for c in (user_col, item_col) if c not in df]
     if missing:
-        raise DataError(f"missing column(s) {missing}; columns are {list(df.columns)}", path)
+        raise DataError(f"missing column(s) {missing}; columns are {list(df.columns)}{_COLUMN_HINT}", path)
     log = pd.DataFrame({"user_id": df[user_col], "item_id": df[item_col]})
     if time_col and time_col in df:
         lines = None if path.suffix == ".parquet" else range(2, len(df) + 2)  # CSV: the header is line 1
@@ -432,7 +443,7 @@ def read_table(
     if items_path is not None:
         items = _read_table(Path(items_path))
         if item_col not in items:
-            raise DataError(f"the item table has no {item_col!r} column", items_path)
+            raise DataError(f"the item table has no {item_col!r} column{_COLUMN_HINT}", items_path)
         items = items.rename(columns={item_col: "item_id"})
     return from_interactions(
         log, name or path.parent.name, items, user_core, item_core, text_fields, image_field, path,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mp4sr.config import ColumnSettings
 from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.evaluate.coldstart import cold_item_split
@@ -46,10 +47,10 @@ class DatasetCache:
     def __init__(self) -> None:
         self._datasets: dict[tuple, Dataset] = {}
 
-    def get(self, spec: DatasetSpec, user_core: int = 5, item_core: int = 0) -> Dataset:
-        key = (spec.name, spec.cold_items, spec.cold_seed, user_core, item_core)
+    def get(self, spec: DatasetSpec, user_core: int = 5, item_core: int = 0, columns: ColumnSettings | None = None) -> Dataset:
+        key = (spec.name, spec.cold_items, spec.cold_seed, user_core, item_core, columns and columns.model_dump_json())
         if key not in self._datasets:
-            dataset = load_dataset(spec.name, user_core, item_core)
+            dataset = load_dataset(spec.name, user_core, item_core, columns)
             if spec.cold_items is not None:
                 dataset = cold_item_split(dataset, spec.cold_items, spec.cold_seed).dataset
             self._datasets[key] = dataset
@@ -143,7 +144,7 @@ def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
     if folder.exists() and not resume:  # killed before it saved anything
         shutil.rmtree(folder)
     data = run.config.data
-    dataset = datasets.get(run.dataset, data.user_core, data.item_core)
+    dataset = datasets.get(run.dataset, data.user_core, data.item_core, data.columns)
     t0 = time.perf_counter()
     try:
         output = train_run(run.config, folder, dataset=dataset, resume=resume)

@@ -10,7 +10,7 @@ from typing import Sequence
 import pandas as pd
 
 from mp4sr.data import Dataset, ItemCatalogue, find_dataset, load_dataset
-from mp4sr.data.loader import detect_format
+from mp4sr.data.loader import ITEM_TABLE_NAMES, detect_format
 from mp4sr.errors import DataError
 
 # H&M's articles table: the name and description, then the category columns joined into one field.
@@ -19,7 +19,6 @@ HM_CATEGORY_COLUMNS = (
     "product_type_name", "product_group_name", "graphical_appearance_name", "colour_group_name",
     "department_name", "index_name", "section_name", "garment_group_name",
 )
-ITEM_TABLE_NAMES = ("articles*.parquet", "articles*.csv", "items.parquet", "items.csv")
 
 
 @dataclass

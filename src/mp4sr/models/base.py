@@ -25,6 +25,20 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Field metadata of settings that only one stage of a pre-trained model reads, e.g.
+# ``Field(True, description=..., json_schema_extra=PRETRAINING)``: `mp4sr run` sends such a setting to
+# its stage only and refuses it where the other stage would silently ignore it.
+PRETRAINING = {"stage": "pretrain"}
+FINETUNING = {"stage": "finetune"}
+
+
+def setting_stage(config: type[BaseModel], name: str) -> str | None:
+    """'pretrain' or 'finetune' for a setting only that stage reads, None for one both read."""
+    field_info = config.model_fields.get(name)
+    extra = field_info.json_schema_extra if field_info is not None else None
+    return extra.get("stage") if isinstance(extra, dict) else None
+
+
 @dataclass
 class ModelContext:
     """What a model may know of the data when it is built."""
@@ -74,6 +88,12 @@ def register(cls: type[SequentialRecommender]) -> type[SequentialRecommender]:
         raise ValueError(f"model name {cls.name!r} is empty or taken")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def can_add_items(model: "SequentialRecommender | type[SequentialRecommender]") -> bool:
+    """Whether a model scores items from their content tables, so that items added after training
+    (their content attached with ``set_item_tables``) can be recommended without retraining."""
+    return hasattr(model, "set_item_tables")
 
 
 def model_class(name: str) -> type[SequentialRecommender]:

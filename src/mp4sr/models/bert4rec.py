@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
@@ -22,13 +23,13 @@ from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 
 
 class BERT4RecConfig(ModelConfig):
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    ffn: int = 256
-    dropout: float = 0.2
-    attn_dropout: float = 0.2
-    mask_ratio: float = 0.2
+    hidden: int = Field(64, description="width of item embeddings and of the transformer")
+    layers: int = Field(2, description="transformer layers")
+    heads: int = Field(2, description="attention heads per layer")
+    ffn: int = Field(256, description="transformer feed-forward width")
+    dropout: float = Field(0.2, description="dropout of embeddings and layers")
+    attn_dropout: float = Field(0.2, description="dropout of attention weights")
+    mask_ratio: float = Field(0.2, description="share of items masked for the cloze objective")
 
 
 def append_token(tokens: torch.Tensor, lengths: torch.Tensor, token: torch.Tensor | int) -> torch.Tensor:

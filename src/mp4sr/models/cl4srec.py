@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import PAD, SequenceBatch
@@ -22,11 +23,11 @@ from mp4sr.models.sasrec import SASRec, SASRecConfig
 
 
 class CL4SRecConfig(SASRecConfig):
-    cl_weight: float = 0.1
-    tau: float = 1.0
-    crop_eta: float = 0.6
-    mask_gamma: float = 0.3
-    reorder_beta: float = 0.6
+    cl_weight: float = Field(0.1, description="lambda of the contrastive loss between two augmented views")
+    tau: float = Field(1.0, description="temperature of the contrastive loss")
+    crop_eta: float = Field(0.6, description="crop: share of the items kept (a contiguous span)")
+    mask_gamma: float = Field(0.3, description="mask: share of the items replaced by a mask token")
+    reorder_beta: float = Field(0.6, description="reorder: share of the items shuffled (a contiguous span)")
 
 
 def _span(lengths: torch.Tensor, ratio: float, minimum: int) -> tuple[torch.Tensor, torch.Tensor]:

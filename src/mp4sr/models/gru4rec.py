@@ -7,6 +7,7 @@ dropout_prob 0.3 (on the input embeddings), loss_type CE; Xavier initialisation.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
@@ -15,10 +16,10 @@ from mp4sr.models.sasrec import SASRec
 
 
 class GRU4RecConfig(ModelConfig):
-    embedding: int = 64
-    hidden: int = 128
-    layers: int = 1
-    dropout: float = 0.3
+    embedding: int = Field(64, description="width of item embeddings")
+    hidden: int = Field(128, description="GRU state width")
+    layers: int = Field(1, description="GRU layers")
+    dropout: float = Field(0.3, description="dropout of the input embeddings")
 
 
 @register

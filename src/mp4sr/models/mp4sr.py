@@ -28,7 +28,7 @@ from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import ModelContext, SequentialRecommender, register
+from mp4sr.models.base import FINETUNING, PRETRAINING, ModelContext, SequentialRecommender, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
@@ -37,27 +37,31 @@ Modality = Literal["text", "image"]
 
 
 class MP4SRConfig(LossConfig):
-    stage: Literal["pretrain", "finetune"] = "finetune"
+    stage: Literal["pretrain", "finetune"] = Field(
+        "finetune", description="the objective; set by `mp4sr pretrain`, `finetune` and `run`")
     modalities: list[Modality] | None = Field(None, description="the item modalities read; unset: those the data has")
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    ffn: int = 256
-    dropout: float = 0.2
+    hidden: int = Field(64, description="width of item representations and of the transformer")
+    layers: int = Field(2, description="transformer layers")
+    heads: int = Field(2, description="attention heads per layer")
+    ffn: int = Field(256, description="transformer feed-forward width")
+    dropout: float = Field(0.2, description="transformer dropout")
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
-    experts: int = 8
-    adaptor_dropout: float = 0.2
-    tau: float = 0.07
-    cmcl_weight: float = Field(0.01, description="lambda of the cross-modality contrastive loss")
-    nip: bool = Field(True, description="pre-training: modality-specific next-item prediction")
-    cmcl: bool = Field(True, description="pre-training: cross-modality contrastive learning")
-    mixup: bool = Field(True, description="pre-training: complementary sequence mixup")
-    mixup_max: float = Field(0.5, description="mixup probability p ~ U(0, mixup_max) per sequence")
-    item_dropout_max: float = Field(0.2, description="pre-training item dropout p ~ U(0, max) per sequence")
-    id_embedding: bool = Field(True, description="fine-tuning: transductive (item-ID embeddings) or inductive")
-    freeze_encoder: bool = Field(False, description="fine-tuning: train only the item-ID embeddings")
+    experts: int = Field(8, description="experts of each modality's MoE adaptor")
+    adaptor_dropout: float = Field(0.2, description="dropout inside the MoE adaptor")
+    tau: float = Field(0.07, description="temperature of the contrastive losses (pre-training) and of the "
+                       "next-item softmax (fine-tuning)")
+    cmcl_weight: float = Field(0.01, description="lambda of the cross-modality contrastive loss", json_schema_extra=PRETRAINING)
+    nip: bool = Field(True, description="modality-specific next-item prediction", json_schema_extra=PRETRAINING)
+    cmcl: bool = Field(True, description="cross-modality contrastive learning", json_schema_extra=PRETRAINING)
+    mixup: bool = Field(True, description="complementary sequence mixup", json_schema_extra=PRETRAINING)
+    mixup_max: float = Field(0.5, description="mixup probability p ~ U(0, mixup_max) per sequence", json_schema_extra=PRETRAINING)
+    item_dropout_max: float = Field(0.2, description="item dropout p ~ U(0, max) per sequence", json_schema_extra=PRETRAINING)
+    id_embedding: bool = Field(True, description="transductive (item-ID embeddings) or inductive (content only)",
+                               json_schema_extra=FINETUNING)
+    freeze_encoder: bool = Field(False, description="train only the item-ID embeddings", json_schema_extra=FINETUNING)
     encoder_lr_scale: float = Field(
-        1.0, gt=0, description="fine-tuning: learning rate of everything but the item-ID embeddings, relative to train.lr")
+        1.0, gt=0, description="learning rate of everything but the item-ID embeddings, relative to train.lr",
+        json_schema_extra=FINETUNING)
 
 
 @dataclass

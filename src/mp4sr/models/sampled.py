@@ -28,17 +28,22 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import ModelConfig
+from mp4sr.models.base import FINETUNING, ModelConfig
 
 
 class LossConfig(ModelConfig):
-    """The next-item loss of models that can train with either softmax."""
+    """The next-item loss of models that can train with either softmax (in models with a pre-training
+    stage, the fine-tuning loss: pre-training objectives have their own)."""
 
     loss: Literal["full", "sampled"] = Field(
-        "full", description="softmax over every item, or over in-batch targets + sampled negatives with log-Q")
-    negatives: int = Field(1024, ge=0, description="sampled loss: negatives drawn per step (shared by the batch)")
-    negative_alpha: float = Field(0.0, ge=0, description="sampled loss: negatives drawn with q ∝ count^alpha (0: uniform)")
-    logq: bool = Field(True, description="sampled loss: subtract the log of each candidate's inclusion probability")
+        "full", description="softmax over every item, or over in-batch targets + sampled negatives with log-Q",
+        json_schema_extra=FINETUNING)
+    negatives: int = Field(1024, ge=0, description="sampled loss: negatives drawn per step (shared by the batch)",
+                           json_schema_extra=FINETUNING)
+    negative_alpha: float = Field(0.0, ge=0, description="sampled loss: negatives drawn with q ∝ count^alpha (0: uniform)",
+                                  json_schema_extra=FINETUNING)
+    logq: bool = Field(True, description="sampled loss: subtract the log of each candidate's inclusion probability",
+                       json_schema_extra=FINETUNING)
 
     def sampler(self, context) -> "CandidateSampler | None":
         if self.loss != "sampled":

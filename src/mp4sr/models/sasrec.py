@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
@@ -13,13 +14,13 @@ from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 
 class SASRecConfig(LossConfig):
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    ffn: int = 256
-    dropout: float = 0.5  # RecBole: hidden_dropout_prob
-    attn_dropout: float = 0.5  # RecBole: attn_dropout_prob
-    ffn_dropout: float | None = None  # inside the feed-forward block; None: same as dropout
+    hidden: int = Field(64, description="width of item embeddings and of the transformer")
+    layers: int = Field(2, description="transformer layers")
+    heads: int = Field(2, description="attention heads per layer")
+    ffn: int = Field(256, description="transformer feed-forward width")
+    dropout: float = Field(0.5, description="dropout of embeddings and layers (RecBole: hidden_dropout_prob)")
+    attn_dropout: float = Field(0.5, description="dropout of attention weights (RecBole: attn_dropout_prob)")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: as dropout")
 
 
 @register

@@ -68,7 +68,8 @@ class ContentProjection(nn.Module):
 
 
 class SASRecMConfig(SASRecConfig):
-    modalities: list[Modality] | None = Field(None, description="the item modalities read; unset: those the data has")
+    modalities: list[Modality] | None = Field(None, description="the item content projected and added to the ID "
+                                              "embeddings; unset: those the data has")
 
 
 @register

@@ -29,27 +29,30 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
-from mp4sr.models.base import ModelConfig, register
+from mp4sr.models.base import FINETUNING, PRETRAINING, ModelConfig, register
 from mp4sr.models.layers import last_positions
 from mp4sr.models.mp4sr import MP4SR, info_nce, item_dropout
 
 
 class UniSRecConfig(ModelConfig):
-    stage: Literal["pretrain", "finetune"] = "finetune"
+    stage: Literal["pretrain", "finetune"] = Field(
+        "finetune", description="the objective; set by `mp4sr pretrain`, `finetune` and `run`")
     modalities: list[Literal["text"]] | None = Field(None, description="text only (unset: text, which the data must have)")
-    hidden: int = 300
-    layers: int = 2
-    heads: int = 2
-    ffn: int = 256
-    dropout: float = 0.5
-    pool_hidden: int = 64
-    experts: int = 8
-    adaptor_dropout: float = 0.2
-    tau: float = 0.07
-    seq_seq_weight: float = Field(1e-3, description="lambda of the sequence-sequence contrast")
-    item_drop: float = Field(0.2, description="item dropout of the sequence-sequence view")
-    id_embedding: bool = Field(True, description="fine-tuning: transductive (item-ID embeddings) or inductive")
-    fix_encoder: bool = Field(True, description="fine-tuning from a pre-trained checkpoint: keep the transformer fixed")
+    hidden: int = Field(300, description="width of item representations and of the transformer")
+    layers: int = Field(2, description="transformer layers")
+    heads: int = Field(2, description="attention heads per layer")
+    ffn: int = Field(256, description="transformer feed-forward width")
+    dropout: float = Field(0.5, description="transformer dropout")
+    pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
+    experts: int = Field(8, description="experts of the MoE adaptor")
+    adaptor_dropout: float = Field(0.2, description="dropout inside the MoE adaptor")
+    tau: float = Field(0.07, description="temperature of the contrastive losses and of the next-item softmax")
+    seq_seq_weight: float = Field(1e-3, description="lambda of the sequence-sequence contrast", json_schema_extra=PRETRAINING)
+    item_drop: float = Field(0.2, description="item dropout of the sequence-sequence view", json_schema_extra=PRETRAINING)
+    id_embedding: bool = Field(True, description="transductive (item-ID embeddings) or inductive (content only)",
+                               json_schema_extra=FINETUNING)
+    fix_encoder: bool = Field(True, description="from a pre-trained checkpoint: keep the transformer fixed",
+                              json_schema_extra=FINETUNING)
 
     @property
     def freeze_encoder(self) -> bool:

@@ -156,10 +156,20 @@ def _invalid_content(errors: Sequence[Any]) -> dict[str, Any]:
     return {"detail": "; ".join(lines), "errors": jsonable_encoder(errors)}
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _with_item_fields(content: dict[str, Any], fields: dict[str, list[str]]) -> dict[str, Any]:
+    """A 422 of POST /items, with the fields the model reads for each modality (``accepts``)."""
+    said = "; ".join(f"{m}: {' or '.join(names)}" for m, names in fields.items())
+    return {**content, "detail": f"{content['detail']} (this model takes 'id' and, per modality, {said})",
+            "accepts": fields}
+
+
+def _install_error_handlers(app: FastAPI, rec: Recommender) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content=_invalid_content(exc.errors()))
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content = _invalid_content(exc.errors())
+        if request.url.path.endswith("/items") and rec.supports_new_items:
+            content = _with_item_fields(content, rec.new_item_fields())
+        return JSONResponse(status_code=422, content=content)
 
     async def handler(_: Request, exc: Exception) -> JSONResponse:
         status, content = _error_content(exc)
@@ -246,7 +256,7 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
     body_limit = {"max_body_size": limits.max_body_bytes} if "max_body_size" in signature(FastAPI).parameters else {}
     app = _Service(title="mp4sr", version="0.1.0", lifespan=lifespan, **body_limit,
                   description=f"Next-item recommendations from a {rec.model_name} model; item ids are the catalogue's ids.")
-    _install_error_handlers(app)
+    _install_error_handlers(app, rec)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -297,10 +307,18 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
 
     @app.post("/items", response_model=AddItemsResponse, status_code=201,
               responses={400: {"description": "this model cannot add items (ID-only)"},
-                         409: {"description": "an id is already in the catalogue"}})
+                         409: {"description": "an id is already in the catalogue"},
+                         422: {"description": "invalid items, or content this model cannot encode; 'accepts' "
+                                              "lists the fields it reads per modality"}})
     def add_items(req: AddItemsRequest):  # sync: encoding runs in FastAPI's threadpool
-        """Add items without retraining (content models): text, an image (base64) or precomputed vectors."""
-        added = rec.add_items([item.model_dump(exclude_none=True) for item in req.items])
+        """Add items without retraining (content models): text, an image (base64) or precomputed vectors,
+        as `GET /health`'s `new_item_fields` says for this model."""
+        try:
+            added = rec.add_items([item.model_dump(exclude_none=True) for item in req.items])
+        except DuplicateItemsError:
+            raise
+        except DataError as e:
+            return JSONResponse(status_code=422, content=_with_item_fields({"detail": str(e)}, rec.new_item_fields()))
         return {"added": added, "n_items": rec.n_items}
 
     install_page(app, rec, limits)

@@ -24,6 +24,7 @@ from mp4sr.data.batching import SequenceBatch, gather_windows
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
 from mp4sr.models import ModelContext, build_model, model_class
+from mp4sr.models.base import can_add_items
 from mp4sr.models.mp4sr import ItemTable
 from mp4sr.serve.display import ItemDisplay
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
@@ -102,7 +103,7 @@ def _served_dataset(config: RunConfig, dataset: str | Path | Dataset | None) -> 
 
     if isinstance(dataset, Dataset):
         return dataset, None
-    first = load_dataset(dataset or config.dataset, config.data.user_core, config.data.item_core)
+    first = load_dataset(dataset or config.dataset, config.data.user_core, config.data.item_core, config.data.columns)
     return run_dataset(config, first)
 
 
@@ -186,7 +187,20 @@ class Recommender:
 
     @property
     def supports_new_items(self) -> bool:
-        return hasattr(self.model, "set_item_tables") and hasattr(self.model, "tables")
+        return can_add_items(self.model) and hasattr(self.model, "tables")
+
+    def new_item_fields(self) -> dict[str, list[str]]:
+        """Per modality of the model, the fields of a new item (HTTP names) it can read: where the store's
+        vectors were imported (no encoder here), the precomputed vector only; {} for ID-only models."""
+        if not self.supports_new_items:
+            return {}
+        content = {"text": "text", "image": "image_base64"}
+        out = {}
+        for m in self.modalities:
+            encoder = self._encoder(m)
+            vector = f"{m}_vector ({encoder.dim} numbers)"
+            out[m] = [vector] if encoder.mode == "imported" else [content[m], vector]
+        return out
 
     @property
     def n_added(self) -> int:
@@ -202,7 +216,7 @@ class Recommender:
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_name, "dataset": self.payload.get("dataset"), "n_items": self.n_items,
                 "added_items": self.n_added, "max_len": self.max_len, "supports_new_items": self.supports_new_items,
-                "modalities": self.modalities}
+                "modalities": self.modalities, "new_item_fields": self.new_item_fields()}
 
     # ------------------------------------------------------------------ recommending
 

@@ -237,8 +237,12 @@ def check_config(ckpt: Mapping[str, Any], config: Mapping[str, Any], where: str 
     saved = ckpt.get("config")
     if saved is None:
         return
+    from mp4sr.config import RunConfig
+
     old, new = _flatten(saved), _flatten(config)
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    defaults = _flatten(RunConfig().model_dump(mode="json"))  # a setting added since the run began, at its default
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+                     and not (k not in old and k in defaults and new[k] == defaults[k]))
     if changed:
         shown = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in changed[:5])
         raise CheckpointMismatch(

@@ -111,10 +111,10 @@ def run_dataset(config: RunConfig, dataset: Dataset | None = None) -> tuple[Data
     """The data a run trains on: ``config.dataset`` (or ``dataset``, already loaded) joined with
     ``data.join_datasets``, each without the users of ``data.exclude_users_of``; and the parts joined."""
     d = config.data
-    parts = [dataset or load_dataset(config.dataset, d.user_core, d.item_core)]
-    parts += [load_dataset(name, d.user_core, d.item_core) for name in d.join_datasets]
+    parts = [dataset or load_dataset(config.dataset, d.user_core, d.item_core, d.columns)]
+    parts += [load_dataset(name, d.user_core, d.item_core, d.columns) for name in d.join_datasets]
     if d.exclude_users_of:
-        drop = users_of(d.exclude_users_of, d.user_core, d.item_core)  # read once for every part
+        drop = users_of(d.exclude_users_of, d.user_core, d.item_core, d.columns)  # read once for every part
         for i, part in enumerate(parts):
             parts[i] = exclude_users_of(part, d.exclude_users_of, drop=drop)
             log.info("%s: %d users of %s left out, %d remain", part.name, part.n_users - parts[i].n_users,
