@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mp4sr.errors import DataError
+from mp4sr.errors import ConfigError, DataError
 from mp4sr.paths import CACHE_ENV, DATA_ENV
 from mp4sr.serve import Recommender
 from mp4sr.serve.model_file import MODEL_FILE, export_model
@@ -149,6 +149,14 @@ def test_damaged_model_file_is_a_clear_error(damage, exported, tmp_path):
     with pytest.raises(DataError, match="damaged") as error:
         Recommender.load(tmp_path)
     assert str(tmp_path / MODEL_FILE) in str(error.value)
+
+
+def test_an_mp4sr_run_folder_is_pointed_to_its_finetune_folder(checkpoints, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "finetune").symlink_to(checkpoints["sasrec"])
+    with pytest.raises(ConfigError, match="an `mp4sr run` folder: give its finetune/ folder"):
+        export_model(tmp_path / "run", tmp_path / "model")
+    assert not (tmp_path / "model").exists()
 
 
 def test_new_items_in_an_exported_model_are_saved_and_restored(exported, nothing_else, tmp_path):
