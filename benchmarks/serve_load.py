@@ -1,6 +1,7 @@
 """Load test of `mp4sr serve`: latency and throughput of POST /recommend on loopback.
 
-Trains a small SASRec on amazon-scientific (or takes --checkpoint), starts the service in a subprocess
+Trains a small SASRec on amazon-scientific (or takes --checkpoint: a run folder, or an exported model
+folder, which serves without the dataset), starts the service in a subprocess
 on 127.0.0.1 and a free port, and sends real users' histories (bounded in count and time):
 
 - per-request: one history per request (k=10) at concurrency 1 and 32 -> requests/s, p50 / p99 latency;
@@ -81,10 +82,8 @@ def user_histories(checkpoint: Path, n: int, seed: int = 0) -> tuple[list[list[s
     from mp4sr.serve import Recommender
 
     rec = Recommender.load(checkpoint)
-    data = rec.dataset
-    users = np.random.default_rng(seed).integers(0, data.n_users, n)
-    ids = data.items.ids
-    return [[str(ids[i]) for i in data.sequences[u][:-1]] for u in users], rec
+    users = np.random.default_rng(seed).integers(0, rec.users.n_users, n)
+    return [[str(rec.item_ids[i]) for i in rec.users.sequences[u][:-1]] for u in users], rec
 
 
 def start_server(checkpoint: Path, port: int, threads: int | None) -> subprocess.Popen:
@@ -202,7 +201,7 @@ def measure_batch(server: subprocess.Popen, port: int, histories: list[list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, help="best.pt or its run folder (default: train one)")
+    parser.add_argument("--checkpoint", type=Path, help="an exported model folder, best.pt or its run folder (default: train one)")
     parser.add_argument("--dataset", default="amazon-scientific")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--requests", type=int, default=2000, help="requests per concurrency level (at most)")

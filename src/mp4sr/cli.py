@@ -297,7 +297,7 @@ def features_merge(
 @app.command()
 def recommend(
     ids: Optional[list[str]] = typer.Argument(None, help="History item ids, oldest first."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt or the run folder holding it."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An exported model folder, best.pt or the run folder holding it."),
     history: Optional[list[str]] = typer.Option(None, "--history", help="Item ids (also comma/space-separated)."),
     k: int = typer.Option(10, "-k", "--k"),
     include_seen: bool = typer.Option(False, "--include-seen", help="Also recommend items of the history."),
@@ -325,6 +325,17 @@ def export(
 
     export_command(checkpoint, out, k, exclude_seen=not include_seen, batch_size=batch_size, echo=typer.echo,
                    device=device)
+
+
+@app.command("export-model")
+def export_model(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt or the run folder holding it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write model.pt and its model card into."),
+) -> None:
+    """The model as one folder that serves with no dataset or feature cache (model.pt + model card)."""
+    from mp4sr.serve.commands import export_model_command
+
+    export_model_command(checkpoint, out, echo=typer.echo)
 
 
 @app.command()

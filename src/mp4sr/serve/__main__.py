@@ -8,7 +8,7 @@ from mp4sr.serve.commands import serve_command
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m mp4sr.serve", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, help="best.pt or the run folder that holds it")
+    parser.add_argument("--checkpoint", required=True, help="an exported model folder, best.pt or the run folder that holds it")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

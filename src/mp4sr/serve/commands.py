@@ -58,8 +58,18 @@ def export_command(checkpoint: str | Path, out: str | Path, k: int = 10, *, excl
 
     rec = Recommender.load(checkpoint, device=check_device(device, setting="--device"))
     rows = export_topk(rec, out, k, exclude_seen, batch_size)
-    echo(f"wrote the top {k} of {rec.dataset.n_users:,} users ({rows:,} rows) to {out}")
+    echo(f"wrote the top {k} of {rec.users.n_users:,} users ({rows:,} rows) to {out}")
     return Path(out)
+
+
+def export_model_command(checkpoint: str | Path, out: str | Path, *, echo: Callable[[str], None] = print) -> Path:
+    """`mp4sr export-model`: the run's model as a folder that serves with no dataset or feature cache."""
+    from mp4sr.serve.model_file import export_model
+
+    file = export_model(checkpoint, out)
+    echo(f"wrote {file} ({file.stat().st_size / 2**20:.1f} MiB) and its model card {Path(out) / 'README.md'}; "
+         f"serve it with `mp4sr serve --checkpoint {out}`")
+    return file
 
 
 def serve_command(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, *,

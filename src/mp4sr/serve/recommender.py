@@ -1,8 +1,11 @@
-"""A trained checkpoint behind an API of external item ids (ASINs...), never internal indexes.
+"""A trained model behind an API of external item ids (ASINs...), never internal indexes.
 
-Scores are the model's ``full_sort_predict`` on the last ``max_len`` items of a history, exactly what
-the offline evaluation ranks; an empty history falls back to popularity (training counts). Content
-models (MP4SR) can take new items without retraining: they are scored from their content alone.
+It loads from an exported model folder (``mp4sr export-model``: self-contained, no dataset or feature
+cache needed, no training code imported) or from a run folder's ``best.pt`` (which reloads the
+training dataset and its feature stores). Scores are the model's ``full_sort_predict`` on the last
+``max_len`` items of a history, exactly what the offline evaluation ranks; an empty history falls back
+to popularity (training counts). Content models (MP4SR) can take new items without retraining: they
+are scored from their content alone.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import pandas as pd
 import torch
 
 from mp4sr.config import RunConfig
-from mp4sr.data import Dataset, leave_one_out, load_dataset
+from mp4sr.data import Dataset, Sequences, leave_one_out, load_dataset
 from mp4sr.data.batching import SequenceBatch, gather_windows
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.models.base import can_add_items
 from mp4sr.models.mp4sr import ItemTable
+from mp4sr.files import atomic_save
 from mp4sr.serve.display import ItemDisplay
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
+from mp4sr.serve.model_file import MODEL_FILE, MODEL_KIND, check_model_payload, sealed, user_sequences
 from mp4sr.serve.new_items import ModalityEncoder, NewItem
 
 POPULARITY = "popularity"
@@ -43,13 +48,29 @@ class Recommendation:
     skipped: list[str] = field(default_factory=list)  # unknown ids dropped with skip_unknown
 
 
+@dataclass
+class Users:
+    """The users a model was trained on (external ids) and their whole sequences (item indexes)."""
+
+    ids: np.ndarray
+    sequences: Sequences
+
+    @property
+    def n_users(self) -> int:
+        return len(self.ids)
+
+
 def checkpoint_file(path: str | Path) -> Path:
-    """``best.pt`` itself, or the run folder that holds it."""
+    """A model file itself, an exported model folder (``model.pt``), or a run folder (``best.pt``)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "best.pt"
+        path = path / MODEL_FILE if (path / MODEL_FILE).is_file() else path / "best.pt"
     if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found: give a best.pt file or the run folder that holds one")
+        hint = ""
+        if (path.parent / "finetune" / "best.pt").is_file():
+            hint = f" ({path.parent} is an `mp4sr run` folder: give its finetune/ folder)"
+        raise ConfigError(f"checkpoint {path} not found{hint}: give an exported model folder (model.pt), a best.pt "
+                          f"file or the run folder that holds one")
     return path
 
 
@@ -57,7 +78,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
-        raise DataError(f"cannot read the checkpoint ({type(e).__name__}: {e})", path) from None
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"cannot read the checkpoint ({type(e).__name__}: {reason}): the file is damaged or "
+                        f"not an mp4sr model; copy or export it again", path) from None
+    if isinstance(payload, dict) and payload.get("kind") == MODEL_KIND:
+        check_model_payload(payload, path)
     missing = [key for key in CHECKPOINT_KEYS if not isinstance(payload, dict) or key not in payload]
     if missing:
         raise DataError(f"not an mp4sr checkpoint (it lacks {missing}); train one with `mp4sr train`", path)
@@ -107,21 +132,19 @@ def _served_dataset(config: RunConfig, dataset: str | Path | Dataset | None) -> 
     return run_dataset(config, first)
 
 
-def _rebuild_model(payload: dict[str, Any], config: RunConfig, data: Dataset, counts: np.ndarray, path: Path,
-                   parts: list[Dataset] | None = None):
-    """The checkpoint's model with its weights, and the feature stores it reads (content models)."""
+def _rebuild_model(payload: dict[str, Any], config: RunConfig, n_items: int, counts: np.ndarray,
+                   features: Mapping[str, Any], path: Path):
+    """The checkpoint's model with its weights, reading ``features`` (stores or ItemTables; content models)."""
     name = payload["model_name"]
-    stores = _feature_stores(config, data, parts) if model_class(name).needs_features else {}
-    _check_feature_vectors(payload, stores, path)
-    context = ModelContext(n_items=data.n_items, max_len=config.data.max_len, item_counts=counts,
-                           features=stores or None, extras={"dataset": data})
+    context = ModelContext(n_items=n_items, max_len=config.data.max_len, item_counts=counts,
+                           features=dict(features) or None)
     # the choices it made from the data when trained (its modalities...), unless its config sets them
     model = build_model(name, {**(payload.get("data_settings") or {}), **config.params}, context)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
         raise DataError(f"the checkpoint's weights do not fit model {name!r} built from its config: {e}", path) from None
-    return model, stores
+    return model
 
 
 class Recommender:
@@ -134,6 +157,7 @@ class Recommender:
     def __init__(self, model, item_ids: Sequence[Any], popularity: Any, *, dataset: Dataset | None = None,
                  stores: Mapping[str, Any] | None = None, config: RunConfig | None = None,
                  payload: Mapping[str, Any] | None = None, item_text: Sequence[str] | None = None,
+                 users: Users | None = None, manifests: Mapping[str, Mapping[str, Any]] | None = None,
                  device: str | torch.device = "cpu"):
         self.model = model.eval()
         self.item_ids = np.asarray([str(i) for i in item_ids], dtype=object)
@@ -141,6 +165,9 @@ class Recommender:
         self.popularity = torch.as_tensor(np.asarray(popularity), dtype=torch.float32)
         self.item_text = list(item_text) if item_text is not None else [""] * len(self.item_ids)
         self.dataset, self.stores, self.config = dataset, dict(stores or {}), config
+        self.users = users if users is not None or dataset is None else Users(dataset.user_ids, dataset.sequences)
+        # how each modality's vectors were made (the stores' manifests): new items are encoded the same way
+        self.manifests = dict(manifests) if manifests is not None else {m: s.manifest for m, s in self.stores.items()}
         self.payload = dict(payload or {})
         self.device = torch.device(device)
         self._encoders: dict[str, ModalityEncoder] = {}
@@ -152,20 +179,41 @@ class Recommender:
     @classmethod
     def load(cls, checkpoint: str | Path, dataset: str | Path | Dataset | None = None,
              device: str | torch.device = "cpu") -> "Recommender":
-        """Rebuild the model of a checkpoint (a ``best.pt`` or its folder) from its stored config, with
-        the dataset's feature stores for content models; ``dataset`` overrides where the data is found."""
+        """The model of an exported model folder (``model.pt``: needs nothing else), or of a run folder's
+        ``best.pt``, rebuilt from its stored config with the dataset it was trained on and, for content
+        models, that dataset's feature stores; ``dataset`` overrides where that data is found."""
         path = checkpoint_file(checkpoint)
         payload = read_checkpoint(path)
         config = _run_config(payload, path)
-        data, parts = _served_dataset(config, dataset)
-        _check_item_index(payload, data, path)
-        counts = leave_one_out(data).train_counts()
-        model, stores = _rebuild_model(payload, config, data, counts, path, parts)
-        rec = cls(model.to(device), data.items.ids, counts, dataset=data, stores=stores, config=config,
-                  payload=payload, item_text=data.items.text, device=device)
+        if payload.get("kind") == MODEL_KIND:
+            if dataset is not None:
+                raise ConfigError(f"{path} is an exported model: it holds its catalogue, so load it without a dataset")
+            rec = cls._from_model_file(payload, config, path, device)
+        else:
+            data, parts = _served_dataset(config, dataset)
+            _check_item_index(payload, data, path)
+            counts = leave_one_out(data).train_counts()
+            needs_features = getattr(model_class(payload["model_name"]), "needs_features", False)
+            stores = _feature_stores(config, data, parts) if needs_features else {}
+            _check_feature_vectors(payload, stores, path)
+            model = _rebuild_model(payload, config, data.n_items, counts, stores, path)
+            rec = cls(model.to(device), data.items.ids, counts, dataset=data, stores=stores, config=config,
+                      payload=payload, item_text=data.items.text, device=device)
         if payload.get("added_items"):
             rec._restore_added(payload["added_items"])
         return rec
+
+    @classmethod
+    def _from_model_file(cls, payload: dict[str, Any], config: RunConfig, path: Path,
+                         device: str | torch.device) -> "Recommender":
+        content = payload["item_content"]
+        tables = {m: ItemTable(c["vectors"].float(), c["mask"].bool()) for m, c in content.items()}
+        counts = payload["popularity"].numpy()
+        model = _rebuild_model(payload, config, len(payload["item_ids"]), counts, tables, path)
+        ids, offsets, items = user_sequences(payload)
+        return cls(model.to(device), payload["item_ids"], counts, config=config, payload=payload,
+                   item_text=payload["item_text"], users=Users(ids, Sequences(offsets, items)),
+                   manifests={m: c["manifest"] for m, c in content.items()}, device=device)
 
     # ------------------------------------------------------------------ what it knows
 
@@ -330,8 +378,7 @@ class Recommender:
     def _encoder(self, modality: str) -> ModalityEncoder:
         if modality not in self._encoders:
             table = self.model.tables[modality]
-            store = self.stores.get(modality)
-            manifest = store.manifest if store is not None else {"mode": "imported", "encoder": "unknown"}
+            manifest = self.manifests.get(modality) or {"mode": "imported", "encoder": "unknown"}
             features = self.config.features if self.config is not None else None
             self._encoders[modality] = ModalityEncoder(modality, manifest, table.vectors.shape[1],
                                                        table.vectors.shape[2], features)
@@ -363,18 +410,20 @@ class Recommender:
     # ------------------------------------------------------------------ saving
 
     def save(self, path: str | Path) -> Path:
-        """Write the checkpoint with the extended catalogue (a folder -> ``folder/best.pt``, or a ``.pt``
-        file) and ``items.csv`` beside it; ``Recommender.load`` of it restores the added items."""
-        from mp4sr.train.trainer import atomic_save
-
+        """Write the model with the extended catalogue (a folder -> ``folder/best.pt``, or ``folder/model.pt``
+        for an exported model; or a ``.pt`` file) and ``items.csv`` beside it; ``Recommender.load`` of it
+        restores the added items."""
+        exported = self.payload.get("kind") == MODEL_KIND
         path = Path(path)
-        file = path if path.suffix == ".pt" else path / "best.pt"
+        file = path if path.suffix == ".pt" else path / (MODEL_FILE if exported else "best.pt")
         file.parent.mkdir(parents=True, exist_ok=True)
-        payload = {**self.payload, "state_dict": self.model.state_dict(), "item_ids": [str(i) for i in self.item_ids]}
+        payload = {**self.payload, "state_dict": self.model.state_dict()}
+        if not exported:  # a model file's item_ids, text, content and popularity are those of its base catalogue
+            payload["item_ids"] = [str(i) for i in self.item_ids]
         payload.pop("added_items", None)
         if self._added:
             payload["added_items"] = self._added_payload()
-        atomic_save(payload, file)
+        atomic_save(sealed(payload) if exported else payload, file)
         n_base = self.n_items - self.n_added
         pd.DataFrame({"item_id": self.item_ids, "added": np.arange(self.n_items) >= n_base,
                       "text": self.item_text}).to_csv(file.parent / "items.csv", index=False)

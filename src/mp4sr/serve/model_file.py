@@ -1,0 +1,182 @@
+"""An exported model: one folder that serves with no dataset and no feature cache.
+
+    DIR/model.pt          weights, config, item ids and text, each item's content vectors (in the dtype of
+                          the feature store they come from: float16 by default) and training popularity,
+                          the feature stores' manifests (how new items are encoded), every user's sequence
+                          (for `mp4sr export`), and the model card
+    DIR/model_card.json   data, settings, validation and test metrics, date
+    DIR/README.md         the same card, for people
+
+`mp4sr export-model` writes it from a run folder (on the machine that has the dataset and the feature
+cache); `Recommender.load(DIR)` reads it anywhere. model.pt holds only tensors, numbers, strings, lists
+and dicts, so ``torch.load(weights_only=True)`` reads it; ``format`` says which layout it has, and
+``digest`` is a SHA-256 of everything else: torch's zip reader checks no checksums, so bytes damaged in
+transfer would otherwise load as other weights or vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import torch
+
+from mp4sr.errors import DataError
+
+if TYPE_CHECKING:
+    from mp4sr.serve.recommender import Recommender
+
+MODEL_FILE = "model.pt"
+MODEL_KIND = "model"
+MODEL_FORMAT = 1  # the layout below; a reader refuses any other
+MODEL_KEYS = ("state_dict", "model_name", "config", "item_ids", "item_text", "popularity", "item_content", "users")
+MANIFEST_SHOWN = ("encoder", "mode", "shape", "dtype")
+
+
+def check_model_payload(payload: Mapping[str, Any], path: Path) -> None:
+    """A model file of this format with every part (a clear error for another version's file)."""
+    found = payload.get("format")
+    if found != MODEL_FORMAT:
+        raise DataError(
+            f"this model was exported in format {found!r} (by mp4sr {payload.get('mp4sr_version', '?')}); this "
+            f"version of mp4sr reads format {MODEL_FORMAT}: export it again from its run folder with this version "
+            f"(`mp4sr export-model --checkpoint RUN --out DIR`)", path)
+    missing = [key for key in MODEL_KEYS if key not in payload]
+    if missing:
+        raise DataError(f"the model file lacks {missing}: it is damaged; export it again (`mp4sr export-model`)", path)
+    if payload.get("digest") != payload_digest(payload):
+        raise DataError("the model file is damaged: its contents do not match the digest written with them; copy "
+                        "it again, or export it again (`mp4sr export-model`)", path)
+
+
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    """SHA-256 of every part of ``payload`` but its ``digest`` (tensors by dtype, shape and bytes)."""
+    h = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, Mapping):
+            h.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=str):
+                feed(str(key))
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            h.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            text = repr(value).encode()
+            h.update(f"V{len(text)}:".encode() + text)
+
+    feed({k: v for k, v in payload.items() if k != "digest"})
+    return h.hexdigest()
+
+
+def sealed(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` with the digest of its contents."""
+    return {**payload, "digest": payload_digest(payload)}
+
+
+def user_sequences(payload: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user ids, offsets, items) of the model file's users."""
+    users = payload["users"]
+    return (np.asarray(users["ids"], dtype=object), users["offsets"].numpy().astype(np.int64),
+            users["items"].numpy().astype(np.int64))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def model_payload(rec: "Recommender", card: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything ``rec`` (loaded from a run folder, with its dataset and stores) serves from."""
+    from mp4sr import __version__
+
+    n_base = rec.n_items - rec.n_added
+    payload = {
+        "kind": MODEL_KIND, "format": MODEL_FORMAT, "mp4sr_version": __version__,
+        "model_name": rec.model_name, "config": rec.payload["config"], "dataset": rec.payload.get("dataset"),
+        "state_dict": rec.model.state_dict(),
+        "item_ids": [str(i) for i in rec.item_ids[:n_base]],
+        "item_text": list(rec.item_text[:n_base]),
+        "popularity": rec.popularity[:n_base].round().long(),
+        "item_content": {m: {"vectors": torch.from_numpy(np.array(store.vectors)),
+                             "mask": torch.from_numpy(np.array(store.mask, dtype=bool)),
+                             "manifest": dict(store.manifest)} for m, store in rec.stores.items()},
+        "users": {"ids": [str(u) for u in rec.users.ids],
+                  "offsets": torch.from_numpy(rec.users.sequences.offsets.astype(np.int64)),
+                  "items": torch.from_numpy(rec.users.sequences.items.astype(np.int32))},
+        "card": dict(card),
+    }
+    if rec.n_added:
+        payload["added_items"] = rec._added_payload()
+    return payload
+
+
+def model_card(rec: "Recommender", source: Path) -> dict[str, Any]:
+    """What a person asks of a model before using it: data, settings, metrics, date."""
+    from mp4sr import __version__
+
+    metrics_file = source.parent / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    data = rec.dataset
+    return {
+        "model": rec.model_name,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mp4sr_version": __version__,
+        "format": MODEL_FORMAT,
+        "trained_in": str(source.parent),
+        "data": {"dataset": rec.payload.get("dataset"), "users": data.n_users, "items": data.n_items,
+                 "interactions": data.n_interactions, "added_items": rec.n_added},
+        "item_content": {m: {k: s.manifest.get(k) for k in MANIFEST_SHOWN} for m, s in rec.stores.items()},
+        "metrics": metrics,  # {"valid": {...}, "test": {...}, "best_epoch": N} of the run, None when it has none
+        "settings": rec.payload["config"],
+    }
+
+
+def card_markdown(card: Mapping[str, Any]) -> str:
+    data, metrics = card["data"], card.get("metrics") or {}
+    lines = [f"# {card['model']} on {data['dataset']}", "",
+             f"Exported {card['exported']} by mp4sr {card['mp4sr_version']} (model format {card['format']}) "
+             f"from `{card['trained_in']}`.", "",
+             f"- data: {data['users']:,} users, {data['items']:,} items, {data['interactions']:,} interactions"
+             + (f", {data['added_items']:,} items added after training" if data["added_items"] else "")]
+    lines += [f"- {m} content: {c['encoder']} ({c['mode']}), {c['shape']} {c['dtype']}"
+              for m, c in card["item_content"].items()]
+    settings = card["settings"]
+    lines += [f"- settings: params {json.dumps(settings.get('params', {}))}; train "
+              f"{json.dumps({k: settings['train'][k] for k in ('lr', 'batch_size', 'epochs', 'patience') if k in settings.get('train', {})})}"]
+    test = metrics.get("test")
+    if test:
+        lines += ["", f"Test metrics (best validation epoch {metrics.get('best_epoch')}, full ranking):", "",
+                  "| metric | value |", "|---|---:|", *(f"| {k} | {v:.4f} |" for k, v in test.items())]
+    else:
+        lines += ["", "The run folder held no metrics.json: no test metrics."]
+    lines += ["", "Serve it with `mp4sr serve --checkpoint <this folder>`; the settings are in `model_card.json`.", ""]
+    return "\n".join(lines)
+
+
+def export_model(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the model of a run folder (or ``best.pt``) to the folder ``out``; returns ``out/model.pt``."""
+    from mp4sr.files import atomic_save
+    from mp4sr.serve.recommender import Recommender, checkpoint_file
+
+    source = checkpoint_file(checkpoint)
+    rec = Recommender.load(source)
+    if rec.dataset is None:
+        raise DataError(f"{source} is an exported model already: copy its folder instead", source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = model_card(rec, source)
+    file = out / MODEL_FILE
+    atomic_save(sealed(model_payload(rec, card)), file)
+    card["files"] = {MODEL_FILE: file.stat().st_size}
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "README.md").write_text(card_markdown(card))
+    return file
