@@ -331,11 +331,13 @@ def export(
 def export_model(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt or the run folder holding it."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write model.pt and its model card into."),
+    images: bool = typer.Option(False, "--images", help="Also copy the catalogue's photos into the folder (images/), "
+                                "for the page; without it the page shows them only where their files are."),
 ) -> None:
     """The model as one folder that serves with no dataset or feature cache (model.pt + model card)."""
     from mp4sr.serve.commands import export_model_command
 
-    export_model_command(checkpoint, out, echo=typer.echo)
+    export_model_command(checkpoint, out, images=images, echo=typer.echo)
 
 
 @app.command()

@@ -189,3 +189,30 @@ def test_serving_an_exported_model_imports_no_training_code(exported, nothing_el
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def exported_shop(shop_recommender, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model-shop")
+    export_model(shop_recommender.folder, out, images=True)
+    return out
+
+
+def test_an_exported_model_shows_its_titles_and_copied_photos(shop_recommender, exported_shop, nothing_else):
+    """`export-model --images`: the page of a model shipped alone shows the same titles and the same photos."""
+    from fastapi.testclient import TestClient
+
+    from mp4sr.serve.app import create_app
+
+    run = shop_recommender.item_display()
+    with_photo = [i for i in range(len(run)) if run.image_file(i) is not None]
+    shipped = Recommender.load(_copied(exported_shop, nothing_else))
+    shown = shipped.item_display()
+    assert shown.titles == run.titles and len(with_photo) == 100
+    assert all(shown.image_file(i).parent == nothing_else / "shipped" / "images" for i in with_photo)
+    client = TestClient(create_app(shipped))
+    item = str(shipped.item_ids[with_photo[0]])
+    answer = client.get(f"/items/{item}/image")
+    assert answer.status_code == 200 and answer.content == run.image_file(with_photo[0]).read_bytes()
+    no_photo = next(i for i in range(len(run)) if run.image_file(i) is None)
+    assert client.get(f"/items/{shipped.item_ids[no_photo]}/image").status_code == 404

@@ -73,6 +73,15 @@ class ItemDisplay:
         titles = [shorten(t, TITLE_LENGTH) or text_title(text) or str(item) for t, text, item in zip(titles, texts, item_ids)]
         return cls(np.asarray(item_ids, dtype=object), titles, [str(t or "") for t in texts], images)
 
+    @classmethod
+    def exported(cls, item_ids: Sequence[str], saved: dict, folder: Path, texts: Sequence[str]) -> "ItemDisplay":
+        """The items of an exported model: the titles and photos it was exported with (photos copied into
+        its folder are named relative to it), then any added later, known by their text only."""
+        n_base = len(saved["titles"])
+        titles = list(saved["titles"]) + [text_title(t) or str(i) for t, i in zip(texts[n_base:], item_ids[n_base:])]
+        images = [None if p is None else str(folder / p) for p in saved["image_paths"]] + [None] * (len(item_ids) - n_base)
+        return cls(np.asarray(item_ids, dtype=object), titles, [str(t or "") for t in texts], images)
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 MODEL_FILE = "model.pt"
 MODEL_KIND = "model"
 MODEL_FORMAT = 1  # the layout below; a reader refuses any other
-MODEL_KEYS = ("state_dict", "model_name", "config", "item_ids", "item_text", "popularity", "item_content", "users")
+MODEL_KEYS = ("state_dict", "model_name", "config", "item_ids", "item_text", "popularity", "item_content", "users",
+              "display")
+IMAGES_DIR = "images"  # photos copied by `export-model --images`, named by item index
 MANIFEST_SHOWN = ("encoder", "mode", "shape", "dtype")
 
 
@@ -94,7 +96,27 @@ def user_sequences(payload: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, 
 # --------------------------------------------------------------------------- writing
 
 
-def model_payload(rec: "Recommender", card: Mapping[str, Any]) -> dict[str, Any]:
+def display_payload(rec: "Recommender", out: Path, images: bool) -> dict[str, Any]:
+    """The titles and photos the page shows. ``images``: the photos are copied into ``out/images`` and
+    named relative to ``out``; otherwise their paths on this machine are kept (shown where they exist)."""
+    import shutil
+
+    n_base = rec.n_items - rec.n_added
+    display = rec.item_display()
+    paths: list[str | None] = []
+    for index in range(n_base):
+        photo = display.image_file(index)
+        if photo is None or not images:
+            paths.append(None if photo is None else str(photo))
+            continue
+        name = f"{IMAGES_DIR}/{index}{photo.suffix.lower()}"
+        (out / IMAGES_DIR).mkdir(exist_ok=True)
+        shutil.copyfile(photo, out / name)
+        paths.append(name)
+    return {"titles": display.titles[:n_base], "image_paths": paths}
+
+
+def model_payload(rec: "Recommender", card: Mapping[str, Any], display: Mapping[str, Any]) -> dict[str, Any]:
     """Everything ``rec`` (loaded from a run folder, with its dataset and stores) serves from."""
     from mp4sr import __version__
 
@@ -113,7 +135,10 @@ def model_payload(rec: "Recommender", card: Mapping[str, Any]) -> dict[str, Any]
                   "offsets": torch.from_numpy(rec.users.sequences.offsets.astype(np.int64)),
                   "items": torch.from_numpy(rec.users.sequences.items.astype(np.int32))},
         "card": dict(card),
+        "display": dict(display),
     }
+    if rec.payload.get("data_settings"):
+        payload["data_settings"] = dict(rec.payload["data_settings"])  # the modalities it chose from its data
     if rec.n_added:
         payload["added_items"] = rec._added_payload()
     return payload
@@ -162,8 +187,9 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def export_model(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the model of a run folder (or ``best.pt``) to the folder ``out``; returns ``out/model.pt``."""
+def export_model(checkpoint: str | Path, out: str | Path, images: bool = False) -> Path:
+    """Write the model of a run folder (or ``best.pt``) to the folder ``out``; returns ``out/model.pt``.
+    ``images``: copy the catalogue's photos into ``out/images`` too."""
     from mp4sr.files import atomic_save
     from mp4sr.serve.recommender import Recommender, checkpoint_file
 
@@ -175,7 +201,7 @@ def export_model(checkpoint: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     card = model_card(rec, source)
     file = out / MODEL_FILE
-    atomic_save(sealed(model_payload(rec, card)), file)
+    atomic_save(sealed(model_payload(rec, card, display_payload(rec, out, images))), file)
     card["files"] = {MODEL_FILE: file.stat().st_size}
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "README.md").write_text(card_markdown(card))

@@ -169,6 +169,7 @@ class Recommender:
         # how each modality's vectors were made (the stores' manifests): new items are encoded the same way
         self.manifests = dict(manifests) if manifests is not None else {m: s.manifest for m, s in self.stores.items()}
         self.payload = dict(payload or {})
+        self.folder: Path | None = None  # the folder it was loaded from (an exported model's photos are there)
         self.device = torch.device(device)
         self._encoders: dict[str, ModalityEncoder] = {}
         self._added: list[tuple[list[str], list[str], dict[str, ItemTable]]] = []
@@ -193,12 +194,12 @@ class Recommender:
             data, parts = _served_dataset(config, dataset)
             _check_item_index(payload, data, path)
             counts = leave_one_out(data).train_counts()
-            needs_features = getattr(model_class(payload["model_name"]), "needs_features", False)
-            stores = _feature_stores(config, data, parts) if needs_features else {}
+            stores = _feature_stores(config, data, parts) if model_class(payload["model_name"]).needs_features else {}
             _check_feature_vectors(payload, stores, path)
             model = _rebuild_model(payload, config, data.n_items, counts, stores, path)
             rec = cls(model.to(device), data.items.ids, counts, dataset=data, stores=stores, config=config,
                       payload=payload, item_text=data.items.text, device=device)
+        rec.folder = path.parent
         if payload.get("added_items"):
             rec._restore_added(payload["added_items"])
         return rec
@@ -211,9 +212,10 @@ class Recommender:
         counts = payload["popularity"].numpy()
         model = _rebuild_model(payload, config, len(payload["item_ids"]), counts, tables, path)
         ids, offsets, items = user_sequences(payload)
-        return cls(model.to(device), payload["item_ids"], counts, config=config, payload=payload,
-                   item_text=payload["item_text"], users=Users(ids, Sequences(offsets, items)),
-                   manifests={m: c["manifest"] for m, c in content.items()}, device=device)
+        rec = cls(model.to(device), payload["item_ids"], counts, config=config, payload=payload,
+                  item_text=payload["item_text"], users=Users(ids, Sequences(offsets, items)),
+                  manifests={m: c["manifest"] for m, c in content.items()}, device=device)
+        return rec
 
     # ------------------------------------------------------------------ what it knows
 
@@ -258,6 +260,8 @@ class Recommender:
         """Titles and photo files of the items, for people to look at (the page): from the catalogue of
         the data the model was trained on, then the text of the items added since."""
         with self._lock:
+            if self.dataset is None and "display" in self.payload:  # an exported model
+                return ItemDisplay.exported(self.item_ids, self.payload["display"], self.folder, self.item_text)
             catalogue = self.dataset.items if self.dataset is not None else None
             return ItemDisplay.of(self.item_ids, catalogue, self.item_text)
 
