@@ -20,9 +20,9 @@ def split(scientific_mm):
 @pytest.fixture(scope="module")
 def stores(split):
     from mp4sr.config import RunConfig
-    from mp4sr.train.run import dataset_features
+    from mp4sr.features import dataset_features
 
-    return dataset_features(RunConfig(train={"progress": False}), split.dataset)
+    return dataset_features(RunConfig().features, split.dataset, progress=False)
 
 
 def _context(split, features=None):

@@ -216,3 +216,18 @@ def test_an_exported_model_shows_its_titles_and_copied_photos(shop_recommender, 
     assert answer.status_code == 200 and answer.content == run.image_file(with_photo[0]).read_bytes()
     no_photo = next(i for i in range(len(run)) if run.image_file(i) is None)
     assert client.get(f"/items/{shipped.item_ids[no_photo]}/image").status_code == 404
+
+
+def test_serving_a_run_folder_imports_no_training_code(checkpoints, serve_cache):
+    """From a run folder the data and feature stores are read again, with the data and feature layers."""
+    script = (
+        "import sys\n"
+        "from mp4sr.serve import Recommender\n"
+        f"rec = Recommender.load({str(checkpoints['mp4sr'])!r})\n"
+        "assert rec.recommend(list(rec.item_ids[:3]), k=3)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mp4sr.train')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), CACHE_ENV: str(serve_cache)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"

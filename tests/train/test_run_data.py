@@ -5,7 +5,8 @@ import torch
 
 from mp4sr.config import RunConfig, build_config
 from mp4sr.serve.recommender import Recommender
-from mp4sr.train.run import run_dataset, train_run
+from mp4sr.data import training_data
+from mp4sr.train.run import train_run
 
 TINY = {"hidden": 16, "ffn": 32, "modalities": ["image"]}
 
@@ -18,7 +19,7 @@ def _config(**tree) -> RunConfig:
 
 def test_a_source_without_the_targets_users():
     config = _config(dataset="amazon-scientific", data={"exclude_users_of": ["amazon-scientific-mm"]})
-    dataset, parts = run_dataset(config)
+    dataset, parts = training_data(config.dataset, config.data)
     assert dataset.n_users == 8442 - 2928 and dataset.n_items == 4385 and parts == [dataset]
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from mp4sr.config import ColumnSettings
-from mp4sr.data.dataset import Dataset
+from mp4sr.config import ColumnSettings, DataSettings
+from mp4sr.data.dataset import Dataset, join_datasets
 from mp4sr.data.readers import MMSREC_ITEMS, MMSREC_SEQUENCES, read_atomic, read_mmsrec, read_s3rec, read_table, read_unisrec
 from mp4sr.errors import DataError
 from mp4sr.paths import DATA_ENV, data_roots
 
 
+log = logging.getLogger("mp4sr.data")
 ITEMS_ONLY = "items only"  # an item table without interactions: features, not training
 ITEM_TABLE_NAMES = ("articles*.parquet", "articles*.csv", "items.parquet", "items.csv")
 
@@ -107,3 +109,22 @@ def exclude_users_of(dataset: Dataset, others: list[str | Path], user_core: int 
     if kept.n_users == 0:
         raise DataError(f"dataset {dataset.name}: every user also belongs to {', '.join(map(str, others))}")
     return kept
+
+
+def training_data(name: str | Path, settings: DataSettings, dataset: Dataset | None = None) -> tuple[Dataset, list[Dataset]]:
+    """The data a run trains on: dataset ``name`` (or ``dataset``, already loaded) joined with
+    ``settings.join_datasets``, each without the users of ``settings.exclude_users_of``; and the parts joined."""
+    d = settings
+    parts = [dataset or load_dataset(name, d.user_core, d.item_core, d.columns)]
+    parts += [load_dataset(other, d.user_core, d.item_core, d.columns) for other in d.join_datasets]
+    if d.exclude_users_of:
+        drop = users_of(d.exclude_users_of, d.user_core, d.item_core, d.columns)  # read once for every part
+        for i, part in enumerate(parts):
+            parts[i] = exclude_users_of(part, d.exclude_users_of, drop=drop)
+            log.info("%s: %d users of %s left out, %d remain", part.name, part.n_users - parts[i].n_users,
+                     ", ".join(d.exclude_users_of), parts[i].n_users)
+    if len(parts) == 1:
+        return parts[0], parts
+    joined = join_datasets(parts)
+    log.info("joined %s: %d users, %d items", joined.name, joined.n_users, joined.n_items)
+    return joined, parts

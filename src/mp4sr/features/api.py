@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from mp4sr.config import FeatureSettings
 from mp4sr.data import Dataset, VectorFiles, find_dataset
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.features.catalogue import ItemSource, load_items
@@ -203,3 +204,30 @@ def run_features_merge(dataset: str, parts: Sequence[str | Path] = (), **options
     if options.get("shard"):
         raise ConfigError("features-merge takes no --shard: it merges all of them")
     return run_features(dataset, merge_parts=[Path(p) for p in parts], **options)
+
+
+def dataset_features(settings: FeatureSettings, dataset: Dataset, parts: list[Dataset] | None = None,
+                     progress: bool = True) -> dict[str, FeatureStore]:
+    """The feature stores a run of ``dataset`` reads (computed or imported once, then from the cache), by
+    modality, only those it has. ``parts``: the datasets that ``dataset`` joins, whose stores are computed
+    one by one and then joined."""
+    from mp4sr.features.store import join_stores
+
+    f = settings
+
+    def stores_of(data: Dataset) -> dict[str, FeatureStore | None]:
+        return feature_stores(data, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
+                              max_vectors=f.max_vectors, text_vectors=f.text_vectors, image_vectors=f.image_vectors,
+                              progress=progress)
+
+    if parts and len(parts) > 1:
+        each = [stores_of(part) for part in parts]
+        sizes = [part.n_items for part in parts]
+        stores = {m: join_stores(dataset.name, m, [s[m] for s in each], sizes, dataset.items.ids)
+                  for m in ("text", "image")}
+    else:
+        stores = stores_of(dataset)
+    found = {m: s for m, s in stores.items() if s is not None}
+    for store in found.values():
+        store.check_matches(dataset.items.ids)
+    return found

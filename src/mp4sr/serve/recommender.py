@@ -124,12 +124,12 @@ def _run_config(payload: dict[str, Any], path: Path) -> RunConfig:
 def _served_dataset(config: RunConfig, dataset: str | Path | Dataset | None) -> tuple[Dataset, list[Dataset] | None]:
     """The data the checkpoint was trained on: its dataset (or ``dataset``, which says where to find it),
     joined with and without the users of the datasets its config names, as in training."""
-    from mp4sr.train.run import run_dataset
+    from mp4sr.data import training_data
 
     if isinstance(dataset, Dataset):
         return dataset, None
     first = load_dataset(dataset or config.dataset, config.data.user_core, config.data.item_core, config.data.columns)
-    return run_dataset(config, first)
+    return training_data(config.dataset, config.data, first)
 
 
 def _rebuild_model(payload: dict[str, Any], config: RunConfig, n_items: int, counts: np.ndarray,
@@ -457,6 +457,6 @@ def length_chunks(lengths: np.ndarray, max_rows: int, max_tokens: int) -> list[s
 
 
 def _feature_stores(config: RunConfig, dataset: Dataset, parts: list[Dataset] | None = None) -> dict[str, Any]:
-    from mp4sr.train.run import dataset_features
+    from mp4sr.features import dataset_features
 
-    return dataset_features(config, dataset, parts)
+    return dataset_features(config.features, dataset, parts, progress=config.train.progress)

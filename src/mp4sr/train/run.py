@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from mp4sr.config import RunConfig
-from mp4sr.data import Dataset, LeaveOneOut, exclude_users_of, join_datasets, leave_one_out, load_dataset
-from mp4sr.data.loader import users_of
+from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, training_data
+from mp4sr.features import dataset_features
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.train import distributed
@@ -54,34 +54,6 @@ def checkpoint_payload(config: RunConfig, dataset: Dataset, model=None) -> dict[
     }
 
 
-def dataset_features(config: RunConfig, dataset: Dataset, parts: list[Dataset] | None = None) -> dict[str, Any]:
-    """The dataset's feature stores (computed or imported once, then read from the cache). ``parts``: the
-    datasets that ``dataset`` joins, whose stores are computed one by one and then joined."""
-    from mp4sr.features import feature_stores
-    from mp4sr.features.store import join_stores
-
-    f = config.features
-
-    def stores_of(data: Dataset) -> dict[str, Any]:
-        return feature_stores(
-            data, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
-            max_vectors=f.max_vectors, text_vectors=f.text_vectors, image_vectors=f.image_vectors,
-            progress=config.train.progress,
-        )
-
-    if parts and len(parts) > 1:
-        each = [stores_of(part) for part in parts]
-        sizes = [part.n_items for part in parts]
-        stores = {m: join_stores(dataset.name, m, [s[m] for s in each], sizes, dataset.items.ids)
-                  for m in ("text", "image")}
-    else:
-        stores = stores_of(dataset)
-    found = {m: s for m, s in stores.items() if s is not None}
-    for store in found.values():
-        store.check_matches(dataset.items.ids)
-    return found
-
-
 def read_pretrained(checkpoint: str | Path) -> dict[str, Any]:
     """The (pre-training) checkpoint a run starts from."""
     path = Path(checkpoint)
@@ -107,36 +79,17 @@ def load_encoder(model, pretrained: dict[str, Any]) -> None:
     model.load_pretrained(pretrained["state_dict"])
 
 
-def run_dataset(config: RunConfig, dataset: Dataset | None = None) -> tuple[Dataset, list[Dataset]]:
-    """The data a run trains on: ``config.dataset`` (or ``dataset``, already loaded) joined with
-    ``data.join_datasets``, each without the users of ``data.exclude_users_of``; and the parts joined."""
-    d = config.data
-    parts = [dataset or load_dataset(config.dataset, d.user_core, d.item_core, d.columns)]
-    parts += [load_dataset(name, d.user_core, d.item_core, d.columns) for name in d.join_datasets]
-    if d.exclude_users_of:
-        drop = users_of(d.exclude_users_of, d.user_core, d.item_core, d.columns)  # read once for every part
-        for i, part in enumerate(parts):
-            parts[i] = exclude_users_of(part, d.exclude_users_of, drop=drop)
-            log.info("%s: %d users of %s left out, %d remain", part.name, part.n_users - parts[i].n_users,
-                     ", ".join(d.exclude_users_of), parts[i].n_users)
-    if len(parts) == 1:
-        return parts[0], parts
-    joined = join_datasets(parts)
-    log.info("joined %s: %d users, %d items", joined.name, joined.n_users, joined.n_items)
-    return joined, parts
-
-
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
               context_extras: dict[str, Any] | None = None, resume: bool = False) -> RunOutput:
     """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``.
     ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings)."""
-    dataset, parts = run_dataset(config, dataset)
+    dataset, parts = training_data(config.dataset, config.data, dataset)
     split = leave_one_out(dataset)
     features = None
     if model_class(config.model).needs_features:
         if not distributed.is_main():  # rank 0 computes (or imports) and caches them first
             distributed.barrier()
-        features = dataset_features(config, dataset, parts)
+        features = dataset_features(config.features, dataset, parts, progress=config.train.progress)
         if distributed.is_main():
             distributed.barrier()
     context = ModelContext(
