@@ -37,12 +37,23 @@ class DataSettings(Section):
     )
 
 
+NoDecay = Literal["bias", "norm", "embedding"]
+
+
 class TrainSettings(Section):
     epochs: int = Field(300, ge=0)
     batch_size: int = Field(2048, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw"] = Field(
+        "adam", description="'adam': weight_decay is an L2 term added to the gradient (the official MP4SR code's); "
+        "'adamw': decoupled weight decay, each step shrinks the weights by lr * weight_decay"
+    )
     weight_decay: float = Field(0.0, ge=0)
+    no_decay: list[NoDecay] | None = Field(
+        None, description="parameters without weight decay: any of bias, norm, embedding; "
+        "default (null): [bias, norm] with adamw, none with adam"
+    )
     clip_grad: float | None = Field(5.0, description="max gradient norm; null disables clipping")
     patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
     valid_metric: str = "ndcg@10"

@@ -56,7 +56,8 @@ STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 VOLATILE = {"train": ("progress", "threads", "eval_batch_size")}
 # Settings added after runs were first stored: left out of the key while at their default, so that the
 # runs stored before a setting existed keep their keys.
-KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": []}, "eval": {"test_every_epoch": False}}
+KEY_OMIT_DEFAULT = {"data": {"join_datasets": [], "exclude_users_of": []}, "eval": {"test_every_epoch": False},
+                    "train": {"optimizer": "adam", "no_decay": None}}
 Role = Literal["baseline", "reference", "ablation"]
 
 
