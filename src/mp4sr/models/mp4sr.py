@@ -33,6 +33,7 @@ from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 Modality = Literal["text", "image"]
+PoolScorer = Literal["linear", "mlp"]
 
 
 class MP4SRConfig(LossConfig):
@@ -44,6 +45,8 @@ class MP4SRConfig(LossConfig):
     ffn: int = 256
     dropout: float = 0.2
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
+    pool_scorer: PoolScorer = Field(
+        "linear", description="attention pooling score: 'linear' (the paper's) or 'mlp' (a ReLU after the first layer)")
     experts: int = 8
     adaptor_dropout: float = 0.2
     tau: float = 0.07
@@ -83,17 +86,27 @@ class ItemTable:
 
 
 class AttentionPooling(nn.Module):
-    """alpha = softmax((x W1 + b1) W2 + b2) over an item's vectors; padding rows get no weight."""
+    """alpha = softmax(score(x)) over an item's vectors; padding rows get no weight.
 
-    def __init__(self, dim: int, hidden: int = 64):
+    ``linear`` (the paper's, and its authors' code): score(x) = (x W1 + b1) W2 + b2, linear in x, so
+    ``hidden`` adds no expressive power and the weights of x and -x move in opposite directions.
+    ``mlp`` (RecBole's ``VanillaAttention``): score(x) = ReLU(x W1 + b1) W2 + b2. Both have the same
+    weights (``proj``, ``score``), so checkpoints load under either."""
+
+    def __init__(self, dim: int, hidden: int = 64, scorer: PoolScorer = "linear"):
         super().__init__()
         self.proj = nn.Linear(dim, hidden)
         self.score = nn.Linear(hidden, 1)
+        self.nonlinear = scorer == "mlp"
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """alpha [..., k] of the k vectors x [..., k, d]; all zero where ``mask`` holds none."""
+        h = self.proj(x)
+        logits = self.score(F.relu(h) if self.nonlinear else h).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.score(self.proj(x)).squeeze(-1).masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # items with no vector: all zero
-        return (alpha.unsqueeze(-1) * x).sum(1)
+        return (self.weights(x, mask).unsqueeze(-1) * x).sum(-2)
 
 
 class MoEAdaptor(nn.Module):
@@ -120,7 +133,7 @@ class ItemEncoder(nn.Module):
 
     def __init__(self, dim: int, cfg: MP4SRConfig):
         super().__init__()
-        self.pool = AttentionPooling(dim, cfg.pool_hidden)
+        self.pool = AttentionPooling(dim, cfg.pool_hidden, cfg.pool_scorer)
         self.adaptor = MoEAdaptor(dim, cfg.hidden, cfg.experts, cfg.adaptor_dropout)
         self.missing = nn.Parameter(torch.zeros(dim))
         self.dim = dim

@@ -31,7 +31,7 @@ from pydantic import Field
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.models.base import ModelConfig, register
 from mp4sr.models.layers import last_positions
-from mp4sr.models.mp4sr import MP4SR, info_nce, item_dropout
+from mp4sr.models.mp4sr import MP4SR, PoolScorer, info_nce, item_dropout
 
 
 class UniSRecConfig(ModelConfig):
@@ -43,6 +43,7 @@ class UniSRecConfig(ModelConfig):
     ffn: int = 256
     dropout: float = 0.5
     pool_hidden: int = 64
+    pool_scorer: PoolScorer = Field("linear", description="attention pooling score: 'linear' or 'mlp' (see MP4SR)")
     experts: int = 8
     adaptor_dropout: float = 0.2
     tau: float = 0.07
