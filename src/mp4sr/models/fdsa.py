@@ -15,6 +15,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import PAD, SequenceBatch
+from mp4sr.errors import ConfigError
 from mp4sr.models.base import ModelContext, register
 from mp4sr.models.layers import CausalTransformer, init_weights
 from mp4sr.models.mp4sr import AttentionPooling, PoolScorer
@@ -39,14 +40,14 @@ class FDSA(SASRec):
     needs_features = True
 
     def __init__(self, config: FDSAConfig, context: ModelContext):
+        if not config.id_embedding:
+            raise ConfigError("fdsa scores items by their ID embeddings (its item-level branch): "
+                              "params.id_embedding must stay true")
         super().__init__(config, context)  # the item-level branch
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
         # vanilla attention over the modalities
         self.feature_attention = AttentionPooling(config.hidden, config.hidden, config.pool_scorer)
-        self.feature_transformer = CausalTransformer(
-            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len,
-            attn_dropout=config.attn_dropout,
-        )
+        self.feature_transformer = CausalTransformer.from_config(config, context.max_len)
         self.concat = nn.Linear(2 * config.hidden, config.hidden)
         self.out_norm = nn.LayerNorm(config.hidden, eps=1e-12)
         self.out_dropout = nn.Dropout(config.dropout)

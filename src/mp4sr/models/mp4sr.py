@@ -44,6 +44,8 @@ class MP4SRConfig(LossConfig):
     heads: int = 2
     ffn: int = 256
     dropout: float = 0.2
+    attn_dropout: float | None = Field(None, description="dropout of the attention weights; None: dropout")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; None: dropout")
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
     pool_scorer: PoolScorer = Field(
         "linear", description="attention pooling score: 'linear' (the paper's) or 'mlp' (a ReLU after the first layer)")
@@ -217,9 +219,7 @@ class MP4SR(SequentialRecommender):
         self.tables: dict[str, ItemTable] = {}
         self.set_item_tables({m: tables[m] for m in self.modalities})
         self.item_encoders = nn.ModuleDict({m: ItemEncoder(self.tables[m].vectors.shape[-1], config) for m in self.modalities})
-        self.transformer = CausalTransformer(
-            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len
-        )
+        self.transformer = CausalTransformer.from_config(config, context.max_len)
         self.id_embedding = (
             nn.Embedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )

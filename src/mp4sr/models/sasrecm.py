@@ -73,6 +73,8 @@ class ContentProjection(nn.Module):
 
 class SASRecMConfig(SASRecConfig):
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
+    id_embedding: bool = Field(True, description="item-ID embeddings beside the content (transductive); "
+                               "false: content only (inductive)")
 
 
 @register
@@ -87,6 +89,9 @@ class SASRecM(SASRec):
         super().__init__(config, context)
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
         self.content.apply(init_weights)
+        if not config.id_embedding:  # the ID table stays zero and untrained: items are their content
+            nn.init.zeros_(self.item_embedding.weight)
+            self.item_embedding.weight.requires_grad_(False)
 
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight[1:] + self.content()

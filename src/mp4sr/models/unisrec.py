@@ -42,6 +42,8 @@ class UniSRecConfig(ModelConfig):
     heads: int = 2
     ffn: int = 256
     dropout: float = 0.5
+    attn_dropout: float | None = Field(None, description="dropout of the attention weights; None: dropout")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; None: dropout")
     pool_hidden: int = 64
     pool_scorer: PoolScorer = Field("linear", description="attention pooling score: 'linear' or 'mlp' (see MP4SR)")
     experts: int = 8
