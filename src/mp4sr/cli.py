@@ -186,6 +186,49 @@ def run(
 
 
 @app.command()
+def tune(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model name (default: the --config file's, else sasrec)."),
+    dataset: Optional[str] = RunDatasetOpt,
+    space: Path = typer.Option(..., "--space", help="YAML search: {trials: N, space: {train.lr: {log_uniform: [1e-4, 1e-2]}, ...}}."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Finished trials to reach (default: the --space file's, else 20)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of the study and best.yaml (default runs/tune-<dataset>-<model>)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default <model>-<dataset>)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default: the --space file's, else 0)."),
+) -> None:
+    """Search hyper-parameters on the validation metric (Optuna TPE, median pruning); rerunning the
+    same command continues the study. Writes the best trial's config to <out>/best.yaml."""
+    from mp4sr.config import RunConfig, build_config, deep_merge
+    from mp4sr.experiment.search import load_search, point_tree
+    from mp4sr.experiment.tune import tune as run_search
+    from mp4sr.train import train_run
+
+    base: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
+    search = load_search(space, trials=trials, seed=seed)
+    out = out or Path("runs") / f"tune-{Path(base.dataset).name}-{base.model}"
+    storage = storage or f"sqlite:///{out / 'study.db'}"
+    name = study or f"{base.model}-{Path(base.dataset).name}"
+    tree = base.model_dump(mode="json")
+    console.print(f"tuning [bold]{base.model}[/] on [bold]{base.dataset}[/]: {search.trials} trials, "
+                  f"study {name} in {storage}")
+    result = run_search(lambda point: build_config(RunConfig, base=deep_merge(tree, point_tree(point))), search,
+                        storage, name, train_run, best_file=out / "best.yaml", progress=base.train.progress)
+    if result.best_config is None:
+        raise MP4SRError(f"no trial of study {name} completed (all pruned or failed); widen the space or "
+                         "set pruner: none in the --space file")
+    table = Table(title=f"best of {result.finished} trials: valid {base.train.valid_metric} {result.best_value:.4f}")
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    for key, value in result.best_point.items():
+        table.add_row(key, str(value))
+    _out_console().print(table)
+    console.print(f"best config: {result.best_file}  (mp4sr train --config {result.best_file})")
+
+
+@app.command()
 def features(
     dataset: str = DatasetOpt,
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="sentence-transformers name or folder, or a HF encoder folder (default all-MiniLM-L6-v2)."),
