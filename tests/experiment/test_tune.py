@@ -12,6 +12,7 @@ from mp4sr.cli import app
 from mp4sr.config import RunConfig, build_config
 from mp4sr.errors import ConfigError
 from mp4sr.experiment import load_spec, run_experiment
+from mp4sr.experiment.runner import experiment_status
 from mp4sr.experiment.search import Dimension, SearchSpec, load_search
 from mp4sr.experiment.tune import EpochReporter, check_space, finished_trials, open_study
 from mp4sr.train.trainer import EpochRecord
@@ -140,6 +141,8 @@ def test_experiment_tunes_an_entry_then_runs_its_best_settings_with_every_seed(t
     configs = [build_config(RunConfig, p.parent / "config.yaml") for p in (tmp_path / "out" / "runs").glob("*/run.json")]
     assert sorted(r["seed"] for r in finals) == [1, 2] and {c.train.lr for c in configs} == {tuned["train"]["lr"]}
     assert run_experiment(path, tmp_path / "out", report=False).trained == 0  # finished: nothing again
+    _, rows = experiment_status(path, tmp_path / "out")
+    assert [(r.stage, r.finished, r.planned) for r in rows] == [("search", 2, 2), ("final", 2, 2)]
 
 
 def test_every_search_of_a_comparison_has_the_same_budget(tmp_path, tiny_data):

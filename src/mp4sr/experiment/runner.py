@@ -211,8 +211,26 @@ def experiment_status(path: str | Path, out: str | Path | None = None, only: lis
     spec = load_spec(path)
     out = output_folder(spec, out)
     runs_dir = (out / "runs").resolve()
-    tuned = read_tuned(search_tasks(spec, runs_dir, only, overrides), out)
-    return out, plan_status(make_plan(spec, runs_dir, only, list(overrides or []), tuned), runs_dir)
+    tasks = search_tasks(spec, runs_dir, only, overrides)
+    rows = plan_status(make_plan(spec, runs_dir, only, list(overrides or []), read_tuned(tasks, out)), runs_dir)
+    return out, search_status(tasks, out) + rows
+
+
+def search_status(tasks: list[SearchTask], out: Path) -> list[StatusRow]:
+    """One row per search: its finished and running trials against its budget."""
+    if not tasks:
+        return []
+    from mp4sr.experiment.tune import finished_trials, load_existing, running_trials
+
+    rows = []
+    for task in tasks:
+        study = load_existing(study_storage(out), task.study) if (out / "tune.db").is_file() else None
+        row = StatusRow(task.dataset.key, task.entry, "search", planned=task.search.trials)
+        if study is not None:
+            row.finished = min(len(finished_trials(study)), task.search.trials)
+            row.running = len(running_trials(study))
+        rows.append(row)
+    return rows
 
 
 def study_storage(out: Path) -> str:

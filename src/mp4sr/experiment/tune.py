@@ -211,12 +211,11 @@ def wait_for_running(study, poll: float = 5.0) -> None:
     """Wait for the trials other processes still run: the best trial is known once they finish (a
     trial whose process died is marked failed by the heartbeat)."""
     from optuna.storages import fail_stale_trials
-    from optuna.trial import TrialState
 
     while True:
         with _quiet_experimental(require_optuna()):
             fail_stale_trials(study)
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not running_trials(study):
             return
         time.sleep(poll)
 
@@ -239,16 +238,25 @@ def write_best(trial, path: Path, study_name: str) -> None:
     tmp.replace(path)
 
 
+def load_existing(storage: str, study_name: str):
+    """The study ``study_name`` in ``storage``, or None when there is none."""
+    optuna = require_optuna()
+    try:
+        return optuna.load_study(study_name=study_name, storage=_storage(storage))
+    except KeyError:
+        return None
+
+
+def running_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
 def read_outcome(storage: str, study_name: str, trials: int) -> TuneOutcome | None:
     """The outcome of a finished search (``trials`` finished and none running), or None when the
     study does not exist or is not finished; trains nothing."""
-    optuna = require_optuna()
-    try:
-        study = optuna.load_study(study_name=study_name, storage=_storage(storage))
-    except KeyError:
-        return None
-    from optuna.trial import TrialState
-
-    if len(finished_trials(study)) < trials or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    study = load_existing(storage, study_name)
+    if study is None or len(finished_trials(study)) < trials or running_trials(study):
         return None
     return outcome(study, _best(study), None)
