@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mp4sr.cli import app
-from mp4sr.config import RunConfig, build_config
+from mp4sr.config import RunConfig, build_config, deep_merge
 from mp4sr.errors import ConfigError
 from mp4sr.experiment import load_spec, run_experiment
 from mp4sr.experiment.runner import experiment_status
@@ -155,3 +155,30 @@ def test_every_search_of_a_comparison_has_the_same_budget(tmp_path, tiny_data):
     tree["models"][1]["search"].pop("trials")  # the shared budget then applies to both
     (tmp_path / "fair.yaml").write_text(yaml.safe_dump(tree))
     assert [e.search.trials for e in load_spec(tmp_path / "fair.yaml").models] == [2, 2]
+
+
+def test_a_search_stopped_by_ctrl_c_continues_with_a_fresh_trial(tiny_data, tmp_path):
+    from mp4sr.data import load_dataset
+    from mp4sr.experiment.search import point_tree
+    from mp4sr.experiment.tune import tune
+    from mp4sr.train import train_run
+
+    dataset = load_dataset(tiny_data)
+    base = build_config(RunConfig, model="sasrec", dataset=str(tiny_data), params={"hidden": 8, "ffn": 16},
+                        train={"epochs": 1, "batch_size": 4096, "progress": False, "threads": 1})
+    make_config = lambda point: build_config(RunConfig, base=deep_merge(base.model_dump(), point_tree(point)))  # noqa: E731
+    search = SearchSpec(trials=2, space={"train.lr": {"log_uniform": [1e-3, 1e-2]}})
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def interrupted(config, on_epoch):
+        def hook(record):
+            raise KeyboardInterrupt  # Ctrl-C during the first epoch's bookkeeping
+        return train_run(config, dataset=dataset, on_epoch=hook)
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(make_config, search, storage, "s", interrupted, progress=False)
+    result = tune(make_config, search, storage, "s", lambda c, on_epoch: train_run(c, dataset=dataset, on_epoch=on_epoch),
+                  best_file=tmp_path / "best.yaml", progress=False)
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert result.finished == 2 and (tmp_path / "best.yaml").is_file()

@@ -331,19 +331,25 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     if train and jobs > 1 and not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
         overrides.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")  # not part of the runs' keys
     tasks = search_tasks(spec, runs_dir.resolve(), only, overrides)
+    if tasks and train:  # a missing library or a misspelt setting of a space fails now, not after hours
+        from mp4sr.experiment.tune import check_space, require_optuna
+
+        require_optuna()
+        for task in tasks:
+            check_space(task.make_config, task.search)
+    plan = make_plan(spec, runs_dir.resolve(), only, overrides, read_tuned(tasks, out))
     datasets = DatasetCache()
     trained = 0
     if train:
         workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
         try:  # every process takes part in the searches, then in the runs
-            plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets))
+            if tasks:
+                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets))
             trained = execute(plan, runs_dir, datasets)
         finally:
             failed = [w.args for w in workers if w.wait() != 0]
         if failed:
             raise ConfigError(f"{len(failed)} of the {jobs - 1} other experiment processes failed; see their log above")
-    else:
-        plan = make_plan(spec, runs_dir.resolve(), only, overrides, read_tuned(tasks, out))
     if not report:
         return ExperimentOutcome(out, trained, 0, {})
     loaded = [load_result(runs_dir, cell) for cell in plan.cells]

@@ -185,8 +185,10 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
             if best.number == trial.number and best_file is not None:
                 write_best(best, best_file, study.study_name)
         bar.refresh()
-        log.info("trial %d %s%s", trial.number, trial.state.name.lower(),
-                 f": {trial.value:.4f}" if trial.value is not None else "")
+        if trial.state.name == "PRUNED":
+            log.info("trial %d pruned after epoch %d", trial.number, trial.last_step)
+        else:
+            log.info("trial %d finished: valid %.4f", trial.number, trial.value)
 
     try:
         while len(finished_trials(study)) < search.trials:
