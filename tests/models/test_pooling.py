@@ -16,14 +16,20 @@ def _mirrored(n=32, dim=8):
 
 
 def _fit(scorer: str) -> torch.Tensor:
+    """Gradient descent of the pooling weights towards TARGET (one thread: tiny tensors on a busy CPU)."""
     torch.manual_seed(0)
     pool = AttentionPooling(8, 16, scorer)
     vectors, mask = _mirrored()
     opt = torch.optim.Adam(pool.parameters(), lr=3e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        ((pool.weights(vectors, mask) - TARGET) ** 2).sum(-1).mean().backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(150):
+            opt.zero_grad()
+            ((pool.weights(vectors, mask) - TARGET) ** 2).sum(-1).mean().backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return pool.weights(vectors, mask).detach()
 
 
