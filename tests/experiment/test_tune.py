@@ -182,3 +182,20 @@ def test_a_search_stopped_by_ctrl_c_continues_with_a_fresh_trial(tiny_data, tmp_
     study = optuna.load_study(study_name="s", storage=storage)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
     assert result.finished == 2 and (tmp_path / "best.yaml").is_file()
+
+
+def test_two_processes_share_one_study(tiny_data, tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({**SPACE, "trials": 3}))
+    command = [sys.executable, "-m", "mp4sr", "tune", "--model", "sasrec", "--dataset", str(tiny_data),
+               "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "tune"), *FAST[:-2],
+               "--set", "params.ffn=16", "--set", "train.epochs=1"]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    study = optuna.load_study(study_name=f"sasrec-{tiny_data.name}", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+    numbers = [t.number for t in finished_trials(study)]
+    assert 3 <= len(numbers) <= 4 and len(set(numbers)) == len(numbers)  # one more at most: the other's last
+    assert len({t.params["train.lr"] for t in study.trials}) == len(study.trials)  # no draw repeated

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import yaml
+from filelock import FileLock
 
 from mp4sr.config import RunConfig, build_config
 from mp4sr.errors import ConfigError
@@ -49,20 +50,28 @@ def require_optuna():
 def open_study(storage: str, name: str, search: SearchSpec):
     """The study ``name`` in ``storage`` (created when new), with the search's sampler and pruner."""
     optuna = require_optuna()
+    # A study that another process creates at the same moment is loaded (load_if_exists)
     return optuna.create_study(
         study_name=name, storage=_storage(storage), direction="maximize", load_if_exists=True,
         sampler=trial_seeded_tpe(search.seed, search.startup_trials), pruner=_pruner(search),
     )
 
 
+def _creating(url: str):
+    """A lock beside a SQLite file: processes that start together would each create its tables."""
+    if not url.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{path}.lock")
+
+
 def _storage(url: str):
     optuna = require_optuna()
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None  # writers take turns
     try:
         # Heartbeats: a trial whose process died (killed, crashed) is marked failed after the grace period.
-        with _quiet_experimental(optuna):
+        with _creating(url), _quiet_experimental(optuna):
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=30, grace_period=120)
     except Exception as e:  # sqlalchemy's errors for unusable URLs or files
         raise ConfigError(f"cannot open the study storage {url!r}: {e}") from None
