@@ -372,10 +372,14 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
         table.add_row(r.dataset, r.entry, r.stage, f"{r.finished}/{r.planned}", str(r.running or ""),
                       str(r.interrupted or ""), str(todo or ""), f"{r.seconds / 3600:.2f}")
     _out_console().print(table)
+    searches = [r for r in rows if r.stage == "search"]  # their counts are trials, not runs
+    rows = [r for r in rows if r.stage != "search"]
     total = {name: sum(getattr(r, name) for r in rows) for name in ("planned", "finished", "running", "interrupted")}
     interrupted = f", {total['interrupted']} interrupted (rerunning continues them)" if total["interrupted"] else ""
+    trials = (f"; searches: {sum(r.finished for r in searches)} of {sum(r.planned for r in searches)} trials finished"
+              if searches else "")
     console.print(f"{total['finished']} of {total['planned']} runs finished, {total['running']} running{interrupted}; "
-                  f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored")
+                  f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored{trials}")
 
 
 @app.command()
