@@ -222,6 +222,49 @@ def _feature_dataset(dataset: Optional[str], config: Optional[Path], set_: Optio
 
 
 @app.command()
+def tune(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model name (default: the --config file's, else sasrec)."),
+    dataset: Optional[str] = RunDatasetOpt,
+    space: Path = typer.Option(..., "--space", help="YAML search: {trials: N, space: {train.lr: {log_uniform: [1e-4, 1e-2]}, ...}}."),
+    trials: Optional[int] = typer.Option(None, "--trials", "-n", min=1, help="Finished trials to reach (default: the --space file's, else 20)."),
+    config: Optional[Path] = ConfigOpt,
+    set_: Optional[list[str]] = SetOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder of the study and best.yaml (default runs/tune-<dataset>-<model>)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (default sqlite:///<out>/study.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default <model>-<dataset>)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed (default: the --space file's, else 0)."),
+) -> None:
+    """Search hyper-parameters on the validation metric (Optuna TPE, median pruning); rerunning the
+    same command continues the study. Writes the best trial's config to <out>/best.yaml."""
+    from mp4sr.config import RunConfig, build_config, deep_merge
+    from mp4sr.experiment.search import load_search, point_tree
+    from mp4sr.experiment.tune import tune as run_search
+    from mp4sr.train import train_run
+
+    base: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
+    search = load_search(space, trials=trials, seed=seed)
+    out = out or Path("runs") / f"tune-{Path(base.dataset).name}-{base.model}"
+    storage = storage or f"sqlite:///{out / 'study.db'}"
+    name = study or f"{base.model}-{Path(base.dataset).name}"
+    tree = base.model_dump(mode="json")
+    console.print(f"tuning [bold]{base.model}[/] on [bold]{base.dataset}[/]: {search.trials} trials, "
+                  f"study {name} in {storage}")
+    result = run_search(lambda point: build_config(RunConfig, base=deep_merge(tree, point_tree(point))), search,
+                        storage, name, train_run, best_file=out / "best.yaml", progress=base.train.progress)
+    if result.best_config is None:
+        raise MP4SRError(f"no trial of study {name} completed (all pruned or failed); widen the space or "
+                         "set pruner: none in the --space file")
+    table = Table(title=f"best of {result.finished} trials: valid {base.train.valid_metric} {result.best_value:.4f}")
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    for key, value in result.best_point.items():
+        table.add_row(key, str(value))
+    _out_console().print(table)
+    console.print(f"best config: {result.best_file}  (mp4sr train --config {result.best_file})")
+
+
+@app.command()
 def features(
     dataset: Optional[str] = RunDatasetOpt,
     config: Optional[Path] = DataConfigOpt,
@@ -394,10 +437,14 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
         table.add_row(r.dataset, r.entry, r.stage, f"{r.finished}/{r.planned}", str(r.running or ""),
                       str(r.interrupted or ""), str(todo or ""), f"{r.seconds / 3600:.2f}")
     _out_console().print(table)
+    searches = [r for r in rows if r.stage == "search"]  # their counts are trials, not runs
+    rows = [r for r in rows if r.stage != "search"]
     total = {name: sum(getattr(r, name) for r in rows) for name in ("planned", "finished", "running", "interrupted")}
     interrupted = f", {total['interrupted']} interrupted (rerunning continues them)" if total["interrupted"] else ""
+    trials = (f"; searches: {sum(r.finished for r in searches)} of {sum(r.planned for r in searches)} trials finished"
+              if searches else "")
     console.print(f"{total['finished']} of {total['planned']} runs finished, {total['running']} running{interrupted}; "
-                  f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored")
+                  f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored{trials}")
 
 
 @app.command()

@@ -51,12 +51,23 @@ class DataSettings(Section):
     columns: ColumnSettings = Field(default_factory=ColumnSettings, description="column names of tables and atomic files")
 
 
+NoDecay = Literal["bias", "norm", "embedding"]
+
+
 class TrainSettings(Section):
     epochs: int = Field(300, ge=0, description="most training epochs (early stopping usually ends sooner)")
     batch_size: int = Field(2048, ge=1, description="training sequences per step (the global batch under torchrun)")
     eval_batch_size: int = Field(1024, ge=1, description="users ranked at once in validation and test")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    optimizer: Literal["adam", "adamw"] = Field(
+        "adam", description="'adam': weight_decay is an L2 term added to the gradient (the official MP4SR code's); "
+        "'adamw': decoupled weight decay, each step shrinks the weights by lr * weight_decay"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (see optimizer)")
+    no_decay: list[NoDecay] | None = Field(
+        None, description="parameters without weight decay: any of bias, norm, embedding; "
+        "default (null): [bias, norm] with adamw, none with adam"
+    )
     clip_grad: float | None = Field(5.0, description="max gradient norm; null disables clipping")
     patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
     valid_metric: str = Field("ndcg@10", description="validation metric that picks the best epoch and stops "

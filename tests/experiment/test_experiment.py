@@ -73,8 +73,14 @@ def test_spec_resolves_extends_roles_and_base(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_experiment_files_plan(path, tmp_path):
+    from mp4sr.experiment.spec import search_tasks
+
     spec = load_spec(path)
-    plan = make_plan(spec, tmp_path)  # validates every entry's settings, model parameters included
+    tasks = search_tasks(spec, tmp_path)
+    for task in tasks:  # every search's space is made of the entry's settings
+        task.make_config({key: dim.first() for key, dim in task.search.space.items()})
+    tuned = {(t.entry, t.dataset.key): {key: dim.first() for key, dim in t.search.space.items()} for t in tasks}
+    plan = make_plan(spec, tmp_path, tuned=tuned)  # validates every entry's settings, model parameters included
     entries = {e.name for e in spec.models}
     assert plan.runs and {c.entry for c in plan.cells} == entries
     assert len(plan.cells) == len(spec.datasets) * len(spec.seeds) * sum(

@@ -160,14 +160,16 @@ def test_ablation_switches_build_and_train():
 
 
 def test_encoder_learning_rate_scale():
-    from mp4sr.train.trainer import make_optimizer
+    from mp4sr.config import TrainSettings
+    from mp4sr.train.optim import make_optimizer
 
-    ids, encoder = make_optimizer(_model(encoder_lr_scale=0.1), lr=1e-3, weight_decay=0).param_groups
+    settings = TrainSettings(lr=1e-3)
+    ids, encoder = make_optimizer(_model(encoder_lr_scale=0.1), settings).param_groups
     assert ids["lr"] == 1e-3 and [p.shape for p in ids["params"]] == [(N_ITEMS, 16)]
     assert encoder["lr"] == pytest.approx(1e-4) and len(encoder["params"]) == len(list(_model().parameters())) - 1
-    assert [g["lr"] for g in make_optimizer(_model(), 1e-3, 0).param_groups] == [1e-3]  # the default: one group
-    assert len(make_optimizer(_model(stage="pretrain", encoder_lr_scale=0.1), 1e-3, 0).param_groups) == 1
-    assert len(make_optimizer(_model(freeze_encoder=True, encoder_lr_scale=0.1), 1e-3, 0).param_groups) == 1
+    assert [g["lr"] for g in make_optimizer(_model(), settings).param_groups] == [1e-3]  # the default: one group
+    assert len(make_optimizer(_model(stage="pretrain", encoder_lr_scale=0.1), settings).param_groups) == 1
+    assert len(make_optimizer(_model(freeze_encoder=True, encoder_lr_scale=0.1), settings).param_groups) == 1
 
 
 def test_pretrained_encoder_loads_into_finetuning():

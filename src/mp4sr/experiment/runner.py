@@ -31,7 +31,9 @@ from mp4sr.config import ColumnSettings
 from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.evaluate.coldstart import cold_item_split
-from mp4sr.experiment.spec import Cell, DatasetSpec, ExperimentSpec, Plan, PlannedRun, load_spec, make_plan
+from mp4sr.experiment.spec import (
+    Cell, DatasetSpec, ExperimentSpec, Plan, PlannedRun, SearchTask, load_spec, make_plan, search_tasks,
+)
 from mp4sr.report.experiment import RunResult, write_experiment_report
 from mp4sr.train import train_run
 from mp4sr.train.checkpoint import CheckpointError
@@ -207,11 +209,75 @@ def plan_status(plan: Plan, runs_dir: Path) -> list[StatusRow]:
 
 def experiment_status(path: str | Path, out: str | Path | None = None, only: list[str] | None = None,
                       overrides: list[str] | None = None) -> tuple[Path, list[StatusRow]]:
-    """The output folder of the experiment of ``path`` and how far each of its rows has got."""
+    """The output folder of the experiment of ``path`` and how far each of its rows has got (the final
+    runs of a searched entry count once its search is finished)."""
     spec = load_spec(path)
     out = output_folder(spec, out)
     runs_dir = (out / "runs").resolve()
-    return out, plan_status(make_plan(spec, runs_dir, only, list(overrides or [])), runs_dir)
+    tasks = search_tasks(spec, runs_dir, only, overrides)
+    rows = plan_status(make_plan(spec, runs_dir, only, list(overrides or []), read_tuned(tasks, out)), runs_dir)
+    return out, search_status(tasks, out) + rows
+
+
+def search_status(tasks: list[SearchTask], out: Path) -> list[StatusRow]:
+    """One row per search: its finished and running trials against its budget."""
+    if not tasks:
+        return []
+    from mp4sr.experiment.tune import finished_trials, load_existing, running_trials
+
+    rows = []
+    for task in tasks:
+        study = load_existing(study_storage(out), task.study) if (out / "tune.db").is_file() else None
+        row = StatusRow(task.dataset.key, task.entry, "search", planned=task.search.trials)
+        if study is not None:
+            row.finished = min(len(finished_trials(study)), task.search.trials)
+            row.running = len(running_trials(study))
+        rows.append(row)
+    return rows
+
+
+def study_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'tune.db').resolve()}"
+
+
+def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache) -> dict[tuple[str, str], dict]:
+    """Run (or continue, or join) each search, after the pre-training its trials start from; returns the
+    best settings of each (entry, dataset key) and writes each best config to ``<out>/tuned/``."""
+    from mp4sr.experiment.tune import tune
+
+    runs_dir = out / "runs"
+    tuned = {}
+    for task in tasks:
+        if task.pretrain is not None:
+            execute(Plan(runs=[task.pretrain]), runs_dir, datasets)
+        log.info("tuning %s on %s: %d trials (study %s)", task.entry, task.dataset.key, task.search.trials, task.study)
+
+        def train_trial(config, on_epoch, task=task):
+            dataset = datasets.get(task.dataset, config.data.user_core, config.data.item_core)
+            return train_run(config, dataset=dataset, on_epoch=on_epoch)
+
+        result = tune(task.make_config, task.search, study_storage(out), task.study, train_trial,
+                      best_file=out / "tuned" / f"{task.entry}@{Path(task.dataset.key).name}.yaml",
+                      progress=task.make_config({}).train.progress)
+        if result.best_config is None:
+            raise ConfigError(f"no trial of the search of {task.entry} on {task.dataset.key} completed (all pruned "
+                              f"or failed; study {task.study} in {out / 'tune.db'}): widen its space or set pruner: none")
+        tuned[(task.entry, task.dataset.key)] = result.best_point
+    return tuned
+
+
+def read_tuned(tasks: list[SearchTask], out: Path) -> dict[tuple[str, str], dict]:
+    """The best settings of the searches that are finished; trains nothing."""
+    if not tasks or not (out / "tune.db").is_file():
+        return {}
+    from mp4sr.experiment.tune import read_outcome
+
+    found = {}
+    for task in tasks:
+        result = read_outcome(study_storage(out), task.study, task.search.trials)
+        if result is not None and result.best_config is not None:
+            found[(task.entry, task.dataset.key)] = result.best_point
+    return found
 
 
 def load_result(runs_dir: Path, cell: Cell) -> RunResult | None:
@@ -270,12 +336,21 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     overrides = list(overrides or [])
     if train and jobs > 1 and not any(o.split("=", 1)[0].strip() == "train.threads" for o in overrides):
         overrides.append(f"train.threads={max(1, (os.cpu_count() or 1) // jobs)}")  # not part of the runs' keys
-    plan = make_plan(spec, runs_dir.resolve(), only, overrides)
+    tasks = search_tasks(spec, runs_dir.resolve(), only, overrides)
+    if tasks and train:  # a missing library or a misspelt setting of a space fails now, not after hours
+        from mp4sr.experiment.tune import check_space, require_optuna
+
+        require_optuna()
+        for task in tasks:
+            check_space(task.make_config, task.search)
+    plan = make_plan(spec, runs_dir.resolve(), only, overrides, read_tuned(tasks, out))
     datasets = DatasetCache()
     trained = 0
     if train:
         workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
-        try:
+        try:  # every process takes part in the searches, then in the runs
+            if tasks:
+                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets))
             trained = execute(plan, runs_dir, datasets)
         finally:
             failed = [w.args for w in workers if w.wait() != 0]

@@ -9,10 +9,13 @@ An experiment file (YAML) looks like::
     defaults: {train: {progress: false}}      # every stage of every run
     pretrain_defaults: {}                     # pre-training stages only, over `defaults`
     reference: mp4sr                          # tested against the best baseline
-    search: true                              # false: ignore the grids below
+    search: {trials: 20}                      # every search's budget (or true; false: no grids, no searches)
     models:
       - name: sasrec                          # model = name unless given
         grid: {train.lr: [1e-3, 1e-4]}        # chosen on validation (mean over seeds)
+      - name: sasrec-tuned
+        model: sasrec
+        search: {space: {train.lr: {log_uniform: [1e-4, 1e-2]}, params.hidden: {choice: [64, 128]}}}
       - name: mp4sr
         pretrain: {}                          # a pre-training stage first (its settings here)
       - name: mp4sr-no-cmcl
@@ -30,6 +33,11 @@ overrides. ``pretrain: null`` in an entry that extends another removes the pre-t
 may name its own ``dataset`` (transfer: pre-train there, fine-tune on each of the experiment's datasets),
 e.g. ``pretrain: {dataset: amazon-scientific, data: {exclude_users_of: [amazon-scientific-mm]}}``.
 
+An entry with a ``search`` is tuned first (``mp4sr.experiment.tune``: Optuna trials of its final stage
+on the first seed, in ``<output>/tune.db``), then its best settings run with every seed. Searches share
+the top-level ``search`` mapping (``trials``, ``seed``, pruning) and must have the same budget, so that
+the models of a comparison are tuned alike.
+
 Every run is keyed by a hash of its full configuration (and of its pre-training run's key): runs that
 two entries share (one pre-training for several fine-tunings) are trained once.
 """
@@ -41,7 +49,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +57,7 @@ from mp4sr.config import (
     FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config, deep_merge, parse_overrides, read_yaml,
 )
 from mp4sr.errors import ConfigError
+from mp4sr.experiment.search import SearchSpec, point_label, point_tree
 from mp4sr.models.base import model_class, parse_model_config
 
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
@@ -101,6 +110,7 @@ class EntrySpec(_Strict):
     shared: dict[str, Any] = Field(default_factory=dict)
     stage: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: SearchSpec | None = Field(None, description="tuned on validation first; its best settings then run")
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid's values ({dotted key: value}); [{}] without a grid."""
@@ -121,8 +131,13 @@ class ExperimentSpec(_Strict):
     test: Literal["ttest", "wilcoxon"] = Field("ttest", description="paired test of the reference vs the best baseline")
     alpha: float = 0.05
     coldstart: bool = True
-    search: bool = Field(True, description="false: ignore the entries' grids (each entry's own settings only)")
+    search: bool = Field(True, description="false: ignore the entries' grids and searches (their own settings only)")
     models: list[EntrySpec]
+
+    @property
+    def searched(self) -> list[EntrySpec]:
+        """The entries tuned before they run (none with ``search: false``)."""
+        return [e for e in self.models if e.search is not None] if self.search else []
 
 
 # ---------------------------------------------------------------------------------------------- file
@@ -136,12 +151,31 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         raise ConfigError(f"{path}: 'models' must be a non-empty list of entries")
     tree["datasets"] = [{"name": d} if isinstance(d, str) else d for d in tree.get("datasets") or []]
     tree["models"] = _resolve_entries(raw_models, tree.get("reference", "mp4sr"), path)
+    if isinstance(tree.get("search"), dict):  # settings every entry's search shares (its budget above all)
+        shared = tree.pop("search")
+        for item in tree["models"]:
+            if item.get("search") is not None:
+                own = item["search"] if "space" in item["search"] else {"space": item["search"]}
+                item["search"] = deep_merge(shared, own)
     try:
         spec = ExperimentSpec(**tree)
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid experiment file:\n{e}") from None
     _check_unique([d.key for d in spec.datasets], "dataset", path)
+    _check_searches(spec, path)
     return spec
+
+
+def _check_searches(spec: ExperimentSpec, path) -> None:
+    """Every tuned entry of a comparison gets the same budget, and an entry is tuned one way."""
+    for entry in spec.models:
+        if entry.search is not None and entry.grid:
+            raise ConfigError(f"{path}: entry {entry.name!r} has both a grid and a search: keep one")
+    budgets = {e.name: e.search.trials for e in spec.models if e.search is not None}
+    if len(set(budgets.values())) > 1:
+        listed = ", ".join(f"{name}: {n}" for name, n in budgets.items())
+        raise ConfigError(f"{path}: the searches have different budgets ({listed}); give every entry the same "
+                          "trials, e.g. once at the top: search: {trials: 20}")
 
 
 def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -233,29 +267,87 @@ def stage_defaults(model: str, stage: str) -> dict[str, Any]:
     return dict((defaults or {}).get(stage, {}))
 
 
-def make_plan(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = None,
-              overrides: list[str] | None = None) -> Plan:
-    """Every run of the experiment (of the entries in ``only``), validated before anything trains."""
+def _check_only(spec: ExperimentSpec, only: list[str] | None) -> None:
     unknown = sorted(set(only or []) - {e.name for e in spec.models})
     if unknown:
         names = ", ".join(e.name for e in spec.models)
         raise ConfigError(f"--only: no entries named {', '.join(unknown)}; entries: {names}")
+
+
+def make_plan(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = None,
+              overrides: list[str] | None = None, tuned: dict[tuple[str, str], dict[str, Any]] | None = None) -> Plan:
+    """Every run of the experiment (of the entries in ``only``), validated before anything trains.
+    ``tuned``: the best settings of each searched (entry, dataset key); a searched entry without them
+    has its pre-training planned and no final run yet."""
+    _check_only(spec, only)
     override_tree = parse_overrides(overrides)
     plan, seen = Plan(), set()
     for dataset, seed, entry in itertools.product(spec.datasets, spec.seeds, spec.models):
         if only and entry.name not in only:
             continue
-        pre = None
-        if entry.pretrain is not None:
-            layers = [spec.defaults, spec.pretrain_defaults, entry.shared, entry.pretrain, override_tree]
-            pre = _planned(entry, "pretrain", layers, dataset, seed, "", None, runs_dir)
+        pre = _pretrain_run(spec, entry, dataset, seed, override_tree, runs_dir)
+        if pre is not None:
             _add(plan, seen, pre)
-        for point in entry.grid_points() if spec.search else [{}]:
-            layers = [spec.defaults, entry.shared, entry.stage, _dotted(point), override_tree]
-            run = _planned(entry, "final", layers, dataset, seed, _point_label(point), pre, runs_dir)
+        if spec.search and entry.search is not None:
+            best = (tuned or {}).get((entry.name, dataset.key))
+            points = [] if best is None else [best]
+        else:
+            points = entry.grid_points() if spec.search else [{}]
+        for point in points:
+            run = _final_run(spec, entry, dataset, seed, point, pre, override_tree, runs_dir)
             _add(plan, seen, run)
             plan.cells.append(Cell(entry.name, entry.role, dataset.key, seed, run.point, run.key, dataset.protocol))
     return plan
+
+
+def _pretrain_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, seed: int, override_tree: dict,
+                  runs_dir: Path) -> PlannedRun | None:
+    if entry.pretrain is None:
+        return None
+    layers = [spec.defaults, spec.pretrain_defaults, entry.shared, entry.pretrain, override_tree]
+    return _planned(entry, "pretrain", layers, dataset, seed, "", None, runs_dir)
+
+
+def _final_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, seed: int, point: dict[str, Any],
+               pre: PlannedRun | None, override_tree: dict, runs_dir: Path) -> PlannedRun:
+    layers = [spec.defaults, entry.shared, entry.stage, point_tree(point), override_tree]
+    return _planned(entry, "final", layers, dataset, seed, point_label(point), pre, runs_dir)
+
+
+@dataclass
+class SearchTask:
+    """The search of one entry on one dataset: its trials are the entry's final stage on the
+    experiment's first seed, at points of the space (after that seed's pre-training, if any)."""
+
+    entry: str
+    dataset: DatasetSpec
+    search: SearchSpec
+    pretrain: PlannedRun | None
+    make_config: Callable[[dict[str, Any]], RunConfig]
+    study: str  # named by the entry, the dataset and a hash of what the trials start from and the space
+
+
+def search_tasks(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = None,
+                 overrides: list[str] | None = None) -> list[SearchTask]:
+    """The searches to finish before the final runs of the searched entries can be planned."""
+    _check_only(spec, only)
+    override_tree = parse_overrides(overrides)
+    tasks = []
+    for dataset, entry in itertools.product(spec.datasets, spec.searched):
+        if only and entry.name not in only:
+            continue
+        seed = spec.seeds[0]
+        pre = _pretrain_run(spec, entry, dataset, seed, override_tree, runs_dir)
+
+        def make_config(point, entry=entry, dataset=dataset, pre=pre) -> RunConfig:
+            return _final_run(spec, entry, dataset, seed, point, pre, override_tree, runs_dir).config
+
+        start = _final_run(spec, entry, dataset, seed, {}, pre, override_tree, runs_dir)
+        space = entry.search.model_dump(mode="json", exclude={"trials"})  # a larger budget continues the study
+        digest = hashlib.sha1(json.dumps([start.key, space], sort_keys=True).encode()).hexdigest()[:8]
+        tasks.append(SearchTask(entry.name, dataset, entry.search, pre, make_config,
+                                f"{entry.name}@{dataset.key}-{digest}"))
+    return tasks
 
 
 def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetSpec, seed: int, point: str,
@@ -300,18 +392,3 @@ def _add(plan: Plan, seen: set[str], run: PlannedRun) -> None:
     if run.key not in seen:
         seen.add(run.key)
         plan.runs.append(run)
-
-
-def _dotted(point: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in point.items():
-        tree = deep_merge(tree, _nest(key.split("."), value))
-    return tree
-
-
-def _nest(parts: list[str], value: Any) -> dict[str, Any]:
-    return {parts[0]: value} if len(parts) == 1 else {parts[0]: _nest(parts[1:], value)}
-
-
-def _point_label(point: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in point.items())

@@ -29,6 +29,7 @@ class BERT4RecConfig(ModelConfig):
     ffn: int = Field(256, description="transformer feed-forward width")
     dropout: float = Field(0.2, description="dropout of embeddings and layers")
     attn_dropout: float = Field(0.2, description="dropout of attention weights")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
     mask_ratio: float = Field(0.2, description="share of items masked for the cloze objective")
 
 
@@ -62,10 +63,7 @@ class BERT4Rec(SequentialRecommender):
         self.mask_token = context.n_items + 1
         self.item_embedding = nn.Embedding(context.n_items + 2, config.hidden, padding_idx=0)
         # The causal transformer's parts, run without the causal mask (see ``encode``).
-        self.transformer = CausalTransformer(
-            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len + 1,
-            attn_dropout=config.attn_dropout,
-        )
+        self.transformer = CausalTransformer.from_config(config, context.max_len + 1)
         self.head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.LayerNorm(config.hidden))
         self.output_bias = nn.Parameter(torch.zeros(context.n_items))
         self.apply(init_weights)

@@ -11,14 +11,24 @@ hidden and attention dropout 0.5.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import PAD, SequenceBatch
+from mp4sr.errors import ConfigError
 from mp4sr.models.base import ModelContext, register
 from mp4sr.models.layers import CausalTransformer, init_weights
-from mp4sr.models.mp4sr import AttentionPooling
+from mp4sr.models.mp4sr import AttentionPooling, PoolScorer
 from mp4sr.models.sasrec import SASRec
 from mp4sr.models.sasrecm import ContentProjection, SASRecMConfig, feature_tables
+
+
+class FDSAConfig(SASRecMConfig):
+    """SASRec's settings, the modalities, and the score of the vanilla attention over them."""
+
+    pool_scorer: PoolScorer = Field(
+        "linear", description="vanilla attention score: 'linear' (two Linear layers, as MP4SR's pooling) or 'mlp' "
+        "(RecBole's VanillaAttention: a ReLU between them)")
 
 
 @register
@@ -26,17 +36,18 @@ class FDSA(SASRec):
     """FDSA: item-level (ID) and feature-level (content) causal transformers, concatenated."""
 
     name = "fdsa"
-    Config = SASRecMConfig  # SASRec's settings and the modalities
+    Config = FDSAConfig
     needs_features = True
 
-    def __init__(self, config: SASRecMConfig, context: ModelContext):
+    def __init__(self, config: FDSAConfig, context: ModelContext):
+        if not config.id_embedding:
+            raise ConfigError("fdsa scores items by their ID embeddings (its item-level branch): "
+                              "params.id_embedding must stay true")
         super().__init__(config, context)  # the item-level branch
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
-        self.feature_attention = AttentionPooling(config.hidden, config.hidden)  # vanilla attention over modalities
-        self.feature_transformer = CausalTransformer(
-            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len,
-            attn_dropout=config.attn_dropout,
-        )
+        # vanilla attention over the modalities
+        self.feature_attention = AttentionPooling(config.hidden, config.hidden, config.pool_scorer)
+        self.feature_transformer = CausalTransformer.from_config(config, context.max_len)
         self.concat = nn.Linear(2 * config.hidden, config.hidden)
         self.out_norm = nn.LayerNorm(config.hidden, eps=1e-12)
         self.out_dropout = nn.Dropout(config.dropout)

@@ -46,6 +46,14 @@ class CausalTransformer(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.max_len = max_len
 
+    @classmethod
+    def from_config(cls, config, max_len: int) -> "CausalTransformer":
+        """The transformer of a model config: every transformer model names its settings alike, with
+        ``hidden``, ``layers``, ``heads``, ``ffn`` (inner size), ``dropout`` (embeddings, residuals),
+        ``attn_dropout`` (attention weights) and ``ffn_dropout`` (inside the FFN; None: ``dropout``)."""
+        return cls(config.hidden, config.layers, config.heads, config.ffn, config.dropout, max_len,
+                   attn_dropout=config.attn_dropout, ffn_dropout=config.ffn_dropout)
+
     def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, L, H] item representations (padding rows zero); extra: added before the norm."""
         length = x.shape[1]

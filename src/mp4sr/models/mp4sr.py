@@ -34,6 +34,7 @@ from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 Modality = Literal["text", "image"]
+PoolScorer = Literal["linear", "mlp"]
 
 
 class MP4SRConfig(LossConfig):
@@ -45,7 +46,11 @@ class MP4SRConfig(LossConfig):
     heads: int = Field(2, description="attention heads per layer")
     ffn: int = Field(256, description="transformer feed-forward width")
     dropout: float = Field(0.2, description="transformer dropout")
+    attn_dropout: float | None = Field(None, description="dropout of the attention weights; null: dropout")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
+    pool_scorer: PoolScorer = Field(
+        "linear", description="attention pooling score: 'linear' (the paper's) or 'mlp' (a ReLU after the first layer)")
     experts: int = Field(8, description="experts of each modality's MoE adaptor")
     adaptor_dropout: float = Field(0.2, description="dropout inside the MoE adaptor")
     tau: float = Field(0.07, description="temperature of the contrastive losses (pre-training) and of the "
@@ -88,17 +93,27 @@ class ItemTable:
 
 
 class AttentionPooling(nn.Module):
-    """alpha = softmax((x W1 + b1) W2 + b2) over an item's vectors; padding rows get no weight."""
+    """alpha = softmax(score(x)) over an item's vectors; padding rows get no weight.
 
-    def __init__(self, dim: int, hidden: int = 64):
+    ``linear`` (the paper's, and its authors' code): score(x) = (x W1 + b1) W2 + b2, linear in x, so
+    ``hidden`` adds no expressive power and the weights of x and -x move in opposite directions.
+    ``mlp`` (RecBole's ``VanillaAttention``): score(x) = ReLU(x W1 + b1) W2 + b2. Both have the same
+    weights (``proj``, ``score``), so checkpoints load under either."""
+
+    def __init__(self, dim: int, hidden: int = 64, scorer: PoolScorer = "linear"):
         super().__init__()
         self.proj = nn.Linear(dim, hidden)
         self.score = nn.Linear(hidden, 1)
+        self.nonlinear = scorer == "mlp"
+
+    def weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """alpha [..., k] of the k vectors x [..., k, d]; all zero where ``mask`` holds none."""
+        h = self.proj(x)
+        logits = self.score(F.relu(h) if self.nonlinear else h).squeeze(-1).masked_fill(~mask, float("-inf"))
+        return torch.softmax(logits, dim=-1).nan_to_num(0.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.score(self.proj(x)).squeeze(-1).masked_fill(~mask, float("-inf"))
-        alpha = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # items with no vector: all zero
-        return (alpha.unsqueeze(-1) * x).sum(1)
+        return (self.weights(x, mask).unsqueeze(-1) * x).sum(-2)
 
 
 class MoEAdaptor(nn.Module):
@@ -125,7 +140,7 @@ class ItemEncoder(nn.Module):
 
     def __init__(self, dim: int, cfg: MP4SRConfig):
         super().__init__()
-        self.pool = AttentionPooling(dim, cfg.pool_hidden)
+        self.pool = AttentionPooling(dim, cfg.pool_hidden, cfg.pool_scorer)
         self.adaptor = MoEAdaptor(dim, cfg.hidden, cfg.experts, cfg.adaptor_dropout)
         self.missing = nn.Parameter(torch.zeros(dim))
         self.dim = dim
@@ -208,9 +223,7 @@ class MP4SR(SequentialRecommender):
         self.tables: dict[str, ItemTable] = {}
         self.set_item_tables({m: tables[m] for m in self.modalities})
         self.item_encoders = nn.ModuleDict({m: ItemEncoder(self.tables[m].vectors.shape[-1], config) for m in self.modalities})
-        self.transformer = CausalTransformer(
-            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len
-        )
+        self.transformer = CausalTransformer.from_config(config, context.max_len)
         self.id_embedding = (
             nn.Embedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )

@@ -34,10 +34,7 @@ class SASRec(SequentialRecommender):
     def __init__(self, config: SASRecConfig, context: ModelContext):
         super().__init__(config, context)
         self.item_embedding = nn.Embedding(context.n_items + 1, config.hidden, padding_idx=0)
-        self.transformer = CausalTransformer(
-            config.hidden, config.layers, config.heads, config.ffn, config.dropout, context.max_len,
-            attn_dropout=config.attn_dropout, ffn_dropout=config.ffn_dropout,
-        )
+        self.transformer = CausalTransformer.from_config(config, context.max_len)
         self.apply(init_weights)
         self.sampler = config.sampler(context)
 

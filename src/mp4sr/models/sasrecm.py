@@ -70,6 +70,8 @@ class ContentProjection(nn.Module):
 class SASRecMConfig(SASRecConfig):
     modalities: list[Modality] | None = Field(None, description="the item content projected and added to the ID "
                                               "embeddings; unset: those the data has")
+    id_embedding: bool = Field(True, description="item-ID embeddings beside the content (transductive); "
+                               "false: content only (inductive)")
 
 
 @register
@@ -84,6 +86,9 @@ class SASRecM(SASRec):
         super().__init__(config, context)
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
         self.content.apply(init_weights)
+        if not config.id_embedding:  # the ID table stays zero and untrained: items are their content
+            nn.init.zeros_(self.item_embedding.weight)
+            self.item_embedding.weight.requires_grad_(False)
 
     def data_settings(self) -> dict:
         return {"modalities": list(self.content.modalities)}

@@ -31,7 +31,7 @@ from pydantic import Field
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.models.base import FINETUNING, PRETRAINING, ModelConfig, register
 from mp4sr.models.layers import last_positions
-from mp4sr.models.mp4sr import MP4SR, info_nce, item_dropout
+from mp4sr.models.mp4sr import MP4SR, PoolScorer, info_nce, item_dropout
 
 
 class UniSRecConfig(ModelConfig):
@@ -43,7 +43,10 @@ class UniSRecConfig(ModelConfig):
     heads: int = Field(2, description="attention heads per layer")
     ffn: int = Field(256, description="transformer feed-forward width")
     dropout: float = Field(0.5, description="transformer dropout")
+    attn_dropout: float | None = Field(None, description="dropout of the attention weights; null: dropout")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
+    pool_scorer: PoolScorer = Field("linear", description="attention pooling score: 'linear' or 'mlp' (see MP4SR)")
     experts: int = Field(8, description="experts of the MoE adaptor")
     adaptor_dropout: float = Field(0.2, description="dropout inside the MoE adaptor")
     tau: float = Field(0.07, description="temperature of the contrastive losses and of the next-item softmax")

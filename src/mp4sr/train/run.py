@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -18,7 +18,7 @@ from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.train import distributed
 from mp4sr.train.checkpoint import feature_manifest
-from mp4sr.train.trainer import Trainer, TrainResult, seed_everything
+from mp4sr.train.trainer import EpochRecord, Trainer, TrainResult, seed_everything
 
 log = logging.getLogger("mp4sr.train")
 
@@ -80,9 +80,11 @@ def load_encoder(model, pretrained: dict[str, Any]) -> None:
 
 
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
-              context_extras: dict[str, Any] | None = None, resume: bool = False) -> RunOutput:
+              context_extras: dict[str, Any] | None = None, resume: bool = False,
+              on_epoch: Callable[[EpochRecord], None] | None = None) -> RunOutput:
     """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``.
-    ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings)."""
+    ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings);
+    ``on_epoch``: called with each epoch's record (loss, validation metrics) as it ends."""
     dataset, parts = training_data(config.dataset, config.data, dataset)
     split = leave_one_out(dataset)
     features = None
@@ -121,6 +123,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     trainer = Trainer(
         model, split, examples, config.train, config.eval, config.data.max_len, out,
         checkpoint_extra=checkpoint_payload(config, dataset, model), feature_manifest=feature_manifest(features), resume=resume,
+        on_epoch=on_epoch,
     )
     result = trainer.fit()
     output = RunOutput(config, dataset, split, model, result)

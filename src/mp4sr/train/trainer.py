@@ -1,5 +1,6 @@
-"""The training loop: Adam, gradient clipping, validation every epoch, early stopping, checkpoints
-(``best.pt``, ``last.pt``), exact resumption, and a clean stop on SIGINT / SIGTERM."""
+"""The training loop: Adam or AdamW (``mp4sr.train.optim``), gradient clipping, validation every
+epoch, early stopping, checkpoints (``best.pt``, ``last.pt``), exact resumption, and a clean stop on
+SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from mp4sr.evaluate.metrics import mean_metrics
 from mp4sr.evaluate.ranking import RankingResult, full_ranking
 from mp4sr.train import distributed
 from mp4sr.train.allocator import keep_freed_memory
+from mp4sr.train.optim import make_optimizer
 from mp4sr.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -135,12 +137,6 @@ class EpochPosition:
         cuts = np.cumsum(d["sizes"].numpy())[:-1]
         batches = np.split(d["order"].numpy(), cuts)
         return cls(d["epoch"], batches, None, d["done"], d["loss_total"], d["seconds"])
-
-
-def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Adam:
-    """Adam over the model's parameter groups, each at ``lr`` times its ``lr_scale``."""
-    groups = [{"params": g["params"], "lr": lr * g.get("lr_scale", 1.0)} for g in model.param_groups()]
-    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
 
 
 class Trainer:
@@ -325,7 +321,7 @@ class Trainer:
     def _train(self, rng: np.random.Generator) -> dict[str, torch.Tensor] | None:
         """The epochs (from the start, or from where ``last.pt`` stopped); returns the best weights."""
         s = self.settings
-        optimizer = make_optimizer(self.model, s.lr, s.weight_decay)
+        optimizer = make_optimizer(self.model, s)
         resumed = self._resume(optimizer, rng) if self.resume else None
         position, best_state = resumed or (None, None)
         if resumed is None:

@@ -1,0 +1,63 @@
+"""The transformer models share their settings' names and meanings; the content models switch the ID part."""
+
+import pytest
+import torch
+
+from mp4sr.data.batching import IGNORE, SequenceBatch
+from mp4sr.errors import ConfigError
+from mp4sr.models import ModelContext, build_model
+from mp4sr.models.layers import CausalTransformer
+from mp4sr.models.mp4sr import ItemTable
+
+TRANSFORMER_MODELS = ["mp4sr", "unisrec", "sasrec", "sasrecm", "fdsa", "bert4rec", "cl4srec"]
+N_ITEMS = 12
+SETTINGS = {"hidden": 12, "layers": 3, "heads": 3, "ffn": 20, "dropout": 0.1, "attn_dropout": 0.3, "ffn_dropout": 0.4}
+
+
+def _context():
+    g = torch.Generator().manual_seed(0)
+    tables = {"text": ItemTable(torch.randn(N_ITEMS, 2, 6, generator=g), torch.ones(N_ITEMS, 2, dtype=torch.bool)),
+              "image": ItemTable(torch.randn(N_ITEMS, 1, 5, generator=g), torch.ones(N_ITEMS, 1, dtype=torch.bool))}
+    return ModelContext(N_ITEMS, max_len=6, features=tables)
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_every_transformer_model_takes_the_same_settings(name):
+    model = build_model(name, SETTINGS, _context())
+    transformers = [m for m in model.modules() if isinstance(m, CausalTransformer)]
+    assert transformers
+    for t in transformers:
+        assert t.position.embedding_dim == 12 and len(t.encoder.layers) == 3 and t.dropout.p == 0.1
+        for layer in t.encoder.layers:
+            assert layer.self_attn.num_heads == 3 and layer.linear1.out_features == 20
+            assert layer.self_attn.dropout == 0.3 and layer.dropout.p == 0.4 and layer.dropout1.p == 0.1
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_unset_inner_dropouts_mean_dropout_or_the_models_own_default(name):
+    model = build_model(name, {"hidden": 8, "ffn": 16, "dropout": 0.15}, _context())
+    defaults = type(model.config)()
+    for layer in next(m for m in model.modules() if isinstance(m, CausalTransformer)).encoder.layers:
+        assert layer.dropout.p == 0.15  # ffn_dropout: None everywhere by default
+        assert layer.self_attn.dropout == (0.15 if defaults.attn_dropout is None else defaults.attn_dropout)
+
+
+def _batch():
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    targets = torch.tensor([[1, 2, 3], [4, 5, IGNORE]])
+    return SequenceBatch(tokens, torch.tensor([3, 2]), torch.arange(2), targets=targets)
+
+
+@pytest.mark.parametrize("name", ["mp4sr", "unisrec", "sasrecm"])
+def test_content_models_train_without_item_ids(name):
+    model = build_model(name, {"hidden": 8, "ffn": 16, "id_embedding": False}, _context())
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any("id_embedding" in n or "item_embedding" in n for n in trained)
+    model.calculate_loss(_batch()).backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    assert build_model(name, {"hidden": 8, "ffn": 16}, _context()).config.id_embedding  # transductive by default
+
+
+def test_fdsa_needs_its_id_embeddings():
+    with pytest.raises(ConfigError, match="id_embedding"):
+        build_model("fdsa", {"id_embedding": False}, _context())
