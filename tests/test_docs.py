@@ -49,6 +49,7 @@ NO_EPOCHS = "--set train.epochs=0"
 SHORTENED = {  # rule -> options appended
     rf"{MP4SR} (train|pretrain|finetune) ": NO_EPOCHS,
     rf"{MP4SR} run ": f"--pretrain-set train.epochs=0 {NO_EPOCHS}",
+    rf"{MP4SR} tune ": "--trials 1 --set train.epochs=1",  # the last --trials is the one taken
     r"^python benchmarks/serve_load\.py": "--epochs 0 --requests 64 --batch 32 --seconds 0.5",
 }
 SERVE = rf"{MP4SR} serve "
