@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
@@ -23,6 +23,19 @@ class ModelConfig(BaseModel):
     """Base of model configs: unknown keys are errors, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class TransformerConfig(ModelConfig):
+    """The settings of a transformer model's encoder, named alike in every model (``CausalTransformer.
+    from_config`` reads them); a model with other defaults declares those fields again."""
+
+    hidden: int = Field(64, description="width of item representations and of the transformer")
+    layers: int = Field(2, description="transformer layers")
+    heads: int = Field(2, description="attention heads per layer")
+    ffn: int = Field(256, description="transformer feed-forward width")
+    dropout: float = Field(0.2, description="dropout of embeddings and layers")
+    attn_dropout: float | None = Field(None, description="dropout of the attention weights; null: dropout")
+    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
 
 
 # Field metadata of settings that only one stage of a pre-trained model reads, e.g.

@@ -18,18 +18,12 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
-from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender, register
+from mp4sr.models.base import ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 
 
-class BERT4RecConfig(ModelConfig):
-    hidden: int = Field(64, description="width of item embeddings and of the transformer")
-    layers: int = Field(2, description="transformer layers")
-    heads: int = Field(2, description="attention heads per layer")
-    ffn: int = Field(256, description="transformer feed-forward width")
-    dropout: float = Field(0.2, description="dropout of embeddings and layers")
-    attn_dropout: float = Field(0.2, description="dropout of attention weights")
-    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
+class BERT4RecConfig(TransformerConfig):
+    attn_dropout: float | None = Field(0.2, description="dropout of the attention weights; null: dropout")
     mask_ratio: float = Field(0.2, description="share of items masked for the cloze objective")
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import FINETUNING, PRETRAINING, ModelContext, SequentialRecommender, register
+from mp4sr.models.base import FINETUNING, PRETRAINING, ModelContext, TransformerConfig, SequentialRecommender, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
@@ -37,17 +37,10 @@ Modality = Literal["text", "image"]
 PoolScorer = Literal["linear", "mlp"]
 
 
-class MP4SRConfig(LossConfig):
+class MP4SRConfig(LossConfig, TransformerConfig):
     stage: Literal["pretrain", "finetune"] = Field(
         "finetune", description="the objective; set by `mp4sr pretrain`, `finetune` and `run`")
     modalities: list[Modality] | None = Field(None, description="the item modalities read; unset: those the data has")
-    hidden: int = Field(64, description="width of item representations and of the transformer")
-    layers: int = Field(2, description="transformer layers")
-    heads: int = Field(2, description="attention heads per layer")
-    ffn: int = Field(256, description="transformer feed-forward width")
-    dropout: float = Field(0.2, description="transformer dropout")
-    attn_dropout: float | None = Field(None, description="dropout of the attention weights; null: dropout")
-    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
     pool_scorer: PoolScorer = Field(
         "linear", description="attention pooling score: 'linear' (the paper's) or 'mlp' (a ReLU after the first layer)")

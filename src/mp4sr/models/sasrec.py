@@ -8,19 +8,15 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
-from mp4sr.models.base import ModelContext, SequentialRecommender, register
+from mp4sr.models.base import ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
 
-class SASRecConfig(LossConfig):
-    hidden: int = Field(64, description="width of item embeddings and of the transformer")
-    layers: int = Field(2, description="transformer layers")
-    heads: int = Field(2, description="attention heads per layer")
-    ffn: int = Field(256, description="transformer feed-forward width")
+class SASRecConfig(LossConfig, TransformerConfig):
     dropout: float = Field(0.5, description="dropout of embeddings and layers (RecBole: hidden_dropout_prob)")
-    attn_dropout: float = Field(0.5, description="dropout of attention weights (RecBole: attn_dropout_prob)")
-    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: as dropout")
+    attn_dropout: float | None = Field(0.5, description="dropout of attention weights (RecBole: attn_dropout_prob); "
+                                       "null: dropout")
 
 
 @register

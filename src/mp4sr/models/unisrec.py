@@ -29,22 +29,17 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
-from mp4sr.models.base import FINETUNING, PRETRAINING, ModelConfig, register
+from mp4sr.models.base import FINETUNING, PRETRAINING, TransformerConfig, register
 from mp4sr.models.layers import last_positions
 from mp4sr.models.mp4sr import MP4SR, PoolScorer, info_nce, item_dropout
 
 
-class UniSRecConfig(ModelConfig):
+class UniSRecConfig(TransformerConfig):
     stage: Literal["pretrain", "finetune"] = Field(
         "finetune", description="the objective; set by `mp4sr pretrain`, `finetune` and `run`")
     modalities: list[Literal["text"]] | None = Field(None, description="text only (unset: text, which the data must have)")
     hidden: int = Field(300, description="width of item representations and of the transformer")
-    layers: int = Field(2, description="transformer layers")
-    heads: int = Field(2, description="attention heads per layer")
-    ffn: int = Field(256, description="transformer feed-forward width")
-    dropout: float = Field(0.5, description="transformer dropout")
-    attn_dropout: float | None = Field(None, description="dropout of the attention weights; null: dropout")
-    ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
+    dropout: float = Field(0.5, description="dropout of embeddings and layers")
     pool_hidden: int = Field(64, description="attention pooling: d -> pool_hidden -> 1")
     pool_scorer: PoolScorer = Field("linear", description="attention pooling score: 'linear' or 'mlp' (see MP4SR)")
     experts: int = Field(8, description="experts of the MoE adaptor")
