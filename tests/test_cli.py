@@ -87,6 +87,7 @@ def test_images_alone_and_no_content_at_all(scientific_mm_with, tmp_path, caplog
     import torch
 
     from mp4sr.models import REGISTRY
+    from mp4sr.models.base import reads_content
     from mp4sr.serve import Recommender
 
     images = scientific_mm_with("scientific-images", (".feat3CLS",))
@@ -103,7 +104,7 @@ def test_images_alone_and_no_content_at_all(scientific_mm_with, tmp_path, caplog
 
     nothing = scientific_mm_with("scientific-ids", ())
     result = runner.invoke(app, ["pretrain", "--dataset", str(nothing), "--out", str(tmp_path / "pre")])
-    id_only = ", ".join(sorted(name for name, cls in REGISTRY.items() if not cls.needs_features))
+    id_only = ", ".join(sorted(name for name, cls in REGISTRY.items() if not reads_content(cls)))
     assert result.exit_code != 0 and "dataset 'scientific-ids' has none (it has neither item text nor images)" in str(
         result.exception) and f"can train on it: {id_only}" in str(result.exception)
 

@@ -130,7 +130,7 @@ def _defaults_line(tree: dict[str, Any]) -> str:
 def markdown(model: str | None = None) -> str:
     """docs/settings.md: how settings combine, every run setting, the stages, every model's settings."""
     from mp4sr.models import model_class
-    from mp4sr.models.base import can_add_items
+    from mp4sr.models.base import can_add_items, reads_content
 
     names = _model_names(model)
     lines = [
@@ -173,7 +173,7 @@ def markdown(model: str | None = None) -> str:
     for name in names:
         cls = model_class(name)
         staged = "stage" in cls.Config.model_fields
-        lines.append(f"| `{name}` | {_cell(_summary(cls))} | {'yes' if getattr(cls, 'needs_features', False) else 'no'} "
+        lines.append(f"| `{name}` | {_cell(_summary(cls))} | {'yes' if reads_content(cls) else 'no'} "
                      f"| {'yes' if staged else 'no'} | {'yes' if can_add_items(cls) else 'no'} |")
     lines += ["", "Adding items after training (`Recommender.add_items`, `POST /items`) needs a model that scores "
               "items from their content tables; the others answer that they cannot (HTTP 400).", ""]

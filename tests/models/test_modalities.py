@@ -11,10 +11,11 @@ from mp4sr.data.batching import IGNORE, SequenceBatch
 from mp4sr.data.readers import from_interactions
 from mp4sr.errors import ConfigError
 from mp4sr.models import REGISTRY, ModelContext, build_model
+from mp4sr.models.base import reads_content
 from mp4sr.models.mp4sr import ItemTable
 
 N_ITEMS = 20
-CONTENT_MODELS = sorted(name for name, cls in REGISTRY.items() if cls.needs_features)
+CONTENT_MODELS = sorted(name for name, cls in REGISTRY.items() if reads_content(cls))
 TEXT_ONLY = {"unisrec"}  # models that read item text and nothing else
 SMALL = {"hidden": 16, "ffn": 32, "layers": 1}
 
@@ -35,7 +36,7 @@ def _tables(*modalities):
 
 
 def _build(name, shop, present, **params):
-    context = ModelContext(N_ITEMS, max_len=8, features=_tables(*present), extras={"dataset": shop})
+    context = ModelContext(N_ITEMS, max_len=8, features=_tables(*present), dataset=shop.name)
     torch.manual_seed(0)
     return build_model(name, {**SMALL, **params}, context)
 
@@ -75,7 +76,7 @@ def test_unset_modalities_are_those_the_data_has(name, present, shop, caplog):
 
 @pytest.mark.parametrize("name", CONTENT_MODELS)
 def test_neither_text_nor_images_names_the_models_that_still_train(name, shop):
-    id_only = sorted(n for n, cls in REGISTRY.items() if not cls.needs_features)
+    id_only = sorted(n for n, cls in REGISTRY.items() if not reads_content(cls))
     assert "sasrec" in id_only and "mp4sr" not in id_only
     with pytest.raises(ConfigError, match="it has neither item text nor images") as error:
         _build(name, shop, ())

@@ -9,6 +9,7 @@ from mp4sr.data import leave_one_out, train_batches
 from mp4sr.data.batching import eval_batches
 from mp4sr.errors import ConfigError
 from mp4sr.models import REGISTRY, ModelContext, build_model
+from mp4sr.models.base import reads_content
 from mp4sr.train import Trainer
 
 
@@ -27,12 +28,12 @@ def stores(split):
 
 def _context(split, features=None):
     return ModelContext(split.dataset.n_items, 50, split.train_counts(), features=features,
-                        extras={"dataset": split.dataset})
+                        dataset=split.dataset.name)
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_one_epoch_smoke(name, split, stores):
-    features = stores if getattr(REGISTRY[name], "needs_features", False) else None
+    features = stores if reads_content(REGISTRY[name]) else None
     model = build_model(name, {}, _context(split, features))
     settings = TrainSettings(epochs=1, batch_size=512, progress=False, threads=1)
     trainer = Trainer(model, split, split.train_examples("sequence"), settings, EvalSettings(), 50)

@@ -1,14 +1,25 @@
-"""The small interface every model implements, and the registry that maps names to classes.
+"""The declared interface of models, and the registry that maps names to classes.
 
-A model is an ``nn.Module`` with a pydantic ``Config``; it is built from that config and a
-``ModelContext`` (what it may know of the data), and implements two methods:
-``calculate_loss(batch)`` for training and ``full_sort_predict(batch)`` -> scores of all items.
+A model is an ``nn.Module`` with a pydantic ``Config``, built from that config and a ``ModelContext``
+(what it may know of the data). Every model is a ``SequentialRecommender``: ``calculate_loss(batch)``
+for training, ``full_sort_predict(batch)`` -> scores of all items. What a model can do beyond that it
+declares by the classes it derives from, and generic code asks with ``isinstance`` / ``issubclass``:
+
+- ``Factorised``: scores are ``user_vectors(batch) @ item_vectors().T`` (ranking can go by chunks of items);
+- ``ContentModel``: reads item content (text and image vectors): the dataset's feature stores come in
+  ``ModelContext.features``, and ``modalities`` says which it reads;
+- ``ExtensibleCatalogue``: a content model that scores items from content tables it holds outside the
+  state dict, so items added after training can be ranked (``set_item_tables``);
+- ``Pretrainable``: has a pre-training and a fine-tuning stage (``params.stage``), each with its own
+  training settings (``stage_defaults``), and starts fine-tuning from a pre-trained encoder
+  (``load_pretrained``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from abc import ABC, ABCMeta, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -59,15 +70,21 @@ class ModelContext:
     n_items: int
     max_len: int = 50
     item_counts: np.ndarray | None = None  # training interactions of each item
-    features: Any = None  # a FeatureStore (or dict of stores) for content-based models
-    extras: dict[str, Any] = field(default_factory=dict)
+    features: Any = None  # modality -> FeatureStore or ItemTable, for content models
+    dataset: str | None = None  # the dataset's name, for messages
 
 
-class SequentialRecommender(nn.Module):
-    name: ClassVar[str] = ""
+Stage = Literal["pretrain", "finetune"]  # the two stages of a Pretrainable model (``params.stage``)
+STAGES: tuple[Stage, ...] = ("pretrain", "finetune")
+
+
+class SequentialRecommender(nn.Module, metaclass=ABCMeta):
+    """What every model is: trained on next-item batches, ranks all items after a sequence."""
+
+    name: ClassVar[str] = ""  # the registry name (`mp4sr train --model NAME`)
+    title: ClassVar[str] = ""  # the name in tables and reports (e.g. 'SASRec')
     Config: ClassVar[type[ModelConfig]] = ModelConfig
-    trainable: ClassVar[bool] = True
-    needs_features: ClassVar[bool] = False  # reads item content: the dataset's feature stores come in the context
+    trainable: ClassVar[bool] = True  # False: fitted when built (popularity), no training epochs
 
     def __init__(self, config: ModelConfig, context: ModelContext):
         super().__init__()
@@ -75,8 +92,9 @@ class SequentialRecommender(nn.Module):
         self.n_items = context.n_items
         self.max_len = context.max_len
 
+    @abstractmethod
     def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
-        raise NotImplementedError
+        """The training loss of one batch (a scalar)."""
 
     def data_settings(self) -> dict[str, Any]:
         """Settings the model chose from the data when it was built (such as the modalities a content
@@ -88,9 +106,55 @@ class SequentialRecommender(nn.Module):
         """The optimiser's parameter groups; a group's ``lr_scale`` multiplies ``train.lr``."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
+    @abstractmethod
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """Scores [B, n_items] of every item as the next item after each sequence."""
-        raise NotImplementedError
+
+
+class Factorised(ABC):
+    """A model whose scores are a dot product of a user vector and an item vector."""
+
+    @abstractmethod
+    def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
+        """[B, D] one vector per sequence (after its last item)."""
+
+    @abstractmethod
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items, D] one vector per item."""
+
+    def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
+        return self.user_vectors(batch) @ self.item_vectors().T
+
+
+class ContentModel(ABC):
+    """A model that reads item content: built with the dataset's feature stores in ``ModelContext.features``.
+    ``modalities`` holds the modalities it reads (chosen when built: its settings, else what the data has)."""
+
+    modalities: list[str]
+
+
+class ExtensibleCatalogue(ContentModel):
+    """A content model that scores items from content tables held outside its state dict: items added
+    after training (their content attached with ``set_item_tables``) are ranked without retraining."""
+
+    tables: dict[str, Any]  # modality -> ItemTable
+
+    @abstractmethod
+    def set_item_tables(self, tables: dict[str, Any]) -> None:
+        """Attach (or replace) the item content of each modality: feature stores or ItemTables."""
+
+
+class Pretrainable(ABC):
+    """A model with two stages, chosen by ``params.stage``: pre-training (its own objective, on content)
+    and fine-tuning, which starts from a pre-trained encoder."""
+
+    # Each stage's settings over the defaults ({"params": {"stage": ...}, "train": {...}}), what
+    # `mp4sr pretrain`, `finetune`, `run` and `experiment` apply under the user's own.
+    stage_defaults: ClassVar[dict[Stage, dict[str, Any]]]
+
+    @abstractmethod
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
+        """Start from the weights of a pre-training checkpoint; returns the names it did not hold."""
 
 
 REGISTRY: dict[str, type[SequentialRecommender]] = {}
@@ -103,10 +167,20 @@ def register(cls: type[SequentialRecommender]) -> type[SequentialRecommender]:
     return cls
 
 
+def reads_content(model: "SequentialRecommender | type[SequentialRecommender]") -> bool:
+    """Whether a model (or model class) reads item content (needs the dataset's feature stores)."""
+    return issubclass(model if isinstance(model, type) else type(model), ContentModel)
+
+
 def can_add_items(model: "SequentialRecommender | type[SequentialRecommender]") -> bool:
-    """Whether a model scores items from their content tables, so that items added after training
-    (their content attached with ``set_item_tables``) can be recommended without retraining."""
-    return hasattr(model, "set_item_tables")
+    """Whether a model (or model class) can rank items added after training (``ExtensibleCatalogue``)."""
+    return issubclass(model if isinstance(model, type) else type(model), ExtensibleCatalogue)
+
+
+def is_pretrainable(model: "str | SequentialRecommender | type[SequentialRecommender]") -> bool:
+    """Whether a model (a name, an instance or a class) has a pre-training stage."""
+    cls = model_class(model) if isinstance(model, str) else model if isinstance(model, type) else type(model)
+    return issubclass(cls, Pretrainable)
 
 
 def model_class(name: str) -> type[SequentialRecommender]:

@@ -50,6 +50,7 @@ class BERT4Rec(SequentialRecommender):
     """BERT4Rec: bidirectional transformer, masked-item (cloze) training, [mask] appended to rank."""
 
     name = "bert4rec"
+    title = "BERT4Rec"
     Config = BERT4RecConfig
 
     def __init__(self, config: BERT4RecConfig, context: ModelContext):

@@ -88,6 +88,7 @@ class CL4SRec(SASRec):
     """CL4SRec: SASRec + contrastive learning between crop / mask / reorder views (weight 0.1)."""
 
     name = "cl4srec"
+    title = "CL4SRec"
     Config = CL4SRecConfig
 
     def __init__(self, config: CL4SRecConfig, context: ModelContext):

@@ -16,7 +16,7 @@ from torch import nn
 
 from mp4sr.data.batching import PAD, SequenceBatch
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import ModelContext, register
+from mp4sr.models.base import ContentModel, ModelContext, register
 from mp4sr.models.layers import CausalTransformer, init_weights
 from mp4sr.models.mp4sr import AttentionPooling, PoolScorer
 from mp4sr.models.sasrec import SASRec
@@ -32,12 +32,12 @@ class FDSAConfig(SASRecMConfig):
 
 
 @register
-class FDSA(SASRec):
+class FDSA(ContentModel, SASRec):
     """FDSA: item-level (ID) and feature-level (content) causal transformers, concatenated."""
 
     name = "fdsa"
+    title = "FDSA"
     Config = FDSAConfig
-    needs_features = True
 
     def __init__(self, config: FDSAConfig, context: ModelContext):
         if not config.id_embedding:
@@ -45,6 +45,7 @@ class FDSA(SASRec):
                               "params.id_embedding must stay true")
         super().__init__(config, context)  # the item-level branch
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
+        self.modalities = list(self.content.modalities)
         # vanilla attention over the modalities
         self.feature_attention = AttentionPooling(config.hidden, config.hidden, config.pool_scorer)
         self.feature_transformer = CausalTransformer.from_config(config, context.max_len)

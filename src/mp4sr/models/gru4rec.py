@@ -11,7 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
-from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender, register
+from mp4sr.models.base import ModelConfig, ModelContext, Factorised, SequentialRecommender, register
 from mp4sr.models.sasrec import SASRec
 
 
@@ -23,7 +23,7 @@ class GRU4RecConfig(ModelConfig):
 
 
 @register
-class GRU4Rec(SequentialRecommender):
+class GRU4Rec(Factorised, SequentialRecommender):
     """GRU4Rec: a GRU over ID embeddings, projected back to the embedding space; CE over all items.
 
     A GRU is left-to-right, so with right padding the state at every real position depends only on
@@ -31,6 +31,7 @@ class GRU4Rec(SequentialRecommender):
     """
 
     name = "gru4rec"
+    title = "GRU4Rec"
     Config = GRU4RecConfig
 
     def __init__(self, config: GRU4RecConfig, context: ModelContext):
@@ -63,4 +64,3 @@ class GRU4Rec(SequentialRecommender):
     calculate_loss = SASRec.calculate_loss
     user_vectors = SASRec.user_vectors
     item_vectors = SASRec.item_vectors
-    full_sort_predict = SASRec.full_sort_predict

@@ -12,7 +12,7 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import REGISTRY, ModelContext
+from mp4sr.models.base import REGISTRY, ModelContext, reads_content
 
 log = logging.getLogger("mp4sr.models")
 
@@ -21,12 +21,11 @@ MODALITIES = ("text", "image")
 
 def id_only_models() -> list[str]:
     """The registered models that learn from interactions alone, without item content."""
-    return sorted(name for name, cls in REGISTRY.items() if not cls.needs_features)
+    return sorted(name for name, cls in REGISTRY.items() if not reads_content(cls))
 
 
 def dataset_name(context: ModelContext) -> str:
-    dataset = context.extras.get("dataset")
-    return f"dataset {dataset.name!r}" if dataset is not None else "the dataset"
+    return f"dataset {context.dataset!r}" if context.dataset else "the dataset"
 
 
 def _has(modalities: Sequence[str]) -> str:

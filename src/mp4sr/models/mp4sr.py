@@ -28,7 +28,8 @@ from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import FINETUNING, PRETRAINING, ModelContext, TransformerConfig, SequentialRecommender, register
+from mp4sr.models.base import (FINETUNING, PRETRAINING, ExtensibleCatalogue, Factorised, ModelContext, Pretrainable,
+                               SequentialRecommender, TransformerConfig, register)
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
@@ -197,17 +198,26 @@ def item_dropout(batch: SequenceBatch, max_p: float, generator: torch.Generator 
 
 
 @register
-class MP4SR(SequentialRecommender):
+class MP4SR(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender):
     """MP4SR: multimodal (text + image) M2SE encoder, contrastive pre-training, fine-tuning.
 
     It reads the modalities the dataset has unless ``params.modalities`` names them: with one, there is
     no mixup and no cross-modality contrast, and next-item prediction is that modality's."""
 
     name = "mp4sr"
+    title = "MP4SR"
     Config = MP4SRConfig
     sampler = None
-    needs_features = True
     readable: ClassVar[tuple[str, ...]] = MODALITIES  # the modalities it can read
+    # The official code's settings of the two stages. Pre-training runs until validation stops improving:
+    # at batch 1024 a small dataset takes only a few steps per epoch (3 on amazon-scientific-mm), and 10
+    # epochs leave the encoder far from converged.
+    stage_defaults: ClassVar[dict[str, dict]] = {
+        "pretrain": {"params": {"stage": "pretrain"},
+                     "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 0.0, "epochs": 200, "patience": 10}},
+        "finetune": {"params": {"stage": "finetune"},
+                     "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 1e-3, "epochs": 300, "patience": 20}},
+    }
 
     def __init__(self, config: MP4SRConfig, context: ModelContext):
         super().__init__(config, context)

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
-from mp4sr.models.base import ModelContext, SequentialRecommender, TransformerConfig, register
+from mp4sr.models.base import Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 
@@ -20,10 +20,11 @@ class SASRecConfig(LossConfig, TransformerConfig):
 
 
 @register
-class SASRec(SequentialRecommender):
+class SASRec(Factorised, SequentialRecommender):
     """SASRec: ID embeddings and a causal transformer, cross-entropy over all items."""
 
     name = "sasrec"
+    title = "SASRec"
     Config = SASRecConfig
     sampler = None  # a CandidateSampler with params.loss=sampled (subclasses with their own __init__ have none)
 
@@ -55,6 +56,3 @@ class SASRec(SequentialRecommender):
 
     def item_vectors(self) -> torch.Tensor:
         return self.item_table()
-
-    def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
-        return self.user_vectors(batch) @ self.item_vectors().T

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
-from mp4sr.models.base import ModelContext, register
+from mp4sr.models.base import ContentModel, ModelContext, register
 from mp4sr.models.layers import init_weights
 from mp4sr.models.modalities import choose_modalities, dataset_name
 from mp4sr.models.mp4sr import ItemTable
@@ -75,17 +75,18 @@ class SASRecMConfig(SASRecConfig):
 
 
 @register
-class SASRecM(SASRec):
+class SASRecM(ContentModel, SASRec):
     """Multimodal SASRec: ID embedding + linear projections of pooled text and image vectors."""
 
     name = "sasrecm"
+    title = "SASRecM"
     Config = SASRecMConfig
-    needs_features = True
 
     def __init__(self, config: SASRecMConfig, context: ModelContext):
         super().__init__(config, context)
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
         self.content.apply(init_weights)
+        self.modalities = list(self.content.modalities)
         if not config.id_embedding:  # the ID table stays zero and untrained: items are their content
             nn.init.zeros_(self.item_embedding.weight)
             self.item_embedding.weight.requires_grad_(False)

@@ -76,6 +76,7 @@ class UniSRec(MP4SR):
     """UniSRec: text-only MoE-adapted item encoder; seq-item + seq-seq contrastive pre-training."""
 
     name = "unisrec"
+    title = "UniSRec"
     Config = UniSRecConfig
     readable: ClassVar[tuple[str, ...]] = ("text",)
     # Settings of the two stages (what `mp4sr experiment` applies under an entry's own). Fine-tuning:

@@ -27,7 +27,7 @@ from mp4sr.data.batching import SequenceBatch, gather_windows
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
 from mp4sr.models import ModelContext, build_model, model_class
-from mp4sr.models.base import can_add_items
+from mp4sr.models.base import can_add_items, reads_content
 from mp4sr.models.mp4sr import ItemTable
 from mp4sr.files import atomic_save
 from mp4sr.serve.display import ItemDisplay
@@ -194,7 +194,7 @@ class Recommender:
             data, parts = _served_dataset(config, dataset)
             _check_item_index(payload, data, path)
             counts = leave_one_out(data).train_counts()
-            stores = _feature_stores(config, data, parts) if model_class(payload["model_name"]).needs_features else {}
+            stores = _feature_stores(config, data, parts) if reads_content(model_class(payload["model_name"])) else {}
             _check_feature_vectors(payload, stores, path)
             model = _rebuild_model(payload, config, data.n_items, counts, stores, path)
             rec = cls(model.to(device), data.items.ids, counts, dataset=data, stores=stores, config=config,

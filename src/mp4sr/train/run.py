@@ -16,6 +16,7 @@ from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, training_data
 from mp4sr.features import dataset_features
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
+from mp4sr.models.base import reads_content
 from mp4sr.train import distributed
 from mp4sr.train.checkpoint import feature_manifest
 from mp4sr.train.trainer import EpochRecord, Trainer, TrainResult, seed_everything
@@ -80,7 +81,7 @@ def load_encoder(model, pretrained: dict[str, Any]) -> None:
 
 
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
-              context_extras: dict[str, Any] | None = None, resume: bool = False,
+              resume: bool = False,
               on_epoch: Callable[[EpochRecord], None] | None = None) -> RunOutput:
     """Train and evaluate ``config.model`` on ``config.dataset``; writes its outputs into ``out_dir``.
     ``resume``: continue the interrupted run in ``out_dir`` from its ``last.pt`` (same settings);
@@ -88,7 +89,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     dataset, parts = training_data(config.dataset, config.data, dataset)
     split = leave_one_out(dataset)
     features = None
-    if model_class(config.model).needs_features:
+    if reads_content(model_class(config.model)):
         if not distributed.is_main():  # rank 0 computes (or imports) and caches them first
             distributed.barrier()
         features = dataset_features(config.features, dataset, parts, progress=config.train.progress)
@@ -96,7 +97,7 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
             distributed.barrier()
     context = ModelContext(
         n_items=dataset.n_items, max_len=config.data.max_len, item_counts=split.train_counts(), features=features,
-        extras={"dataset": dataset, **(context_extras or {})},
+        dataset=dataset.name,
     )
     pretrained = read_pretrained(config.init_from) if config.init_from else None
     seed_everything(config.train.seed)  # the initial weights depend on the seed alone (torch's default seed varies)
