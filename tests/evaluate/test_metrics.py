@@ -58,6 +58,19 @@ def test_exclude_history_drops_seen_items():
     assert result.ranks.tolist() == [0, 2, 0]
 
 
+def test_exclude_history_with_scores_shared_by_every_user():
+    """A model may return one row of scores expanded to the batch (popularity does): excluding one
+    user's history must not remove those items for the other users of the batch."""
+    from mp4sr.models import ModelContext, build_model
+
+    split = leave_one_out(_toy())
+    pop = build_model("pop", {}, ModelContext(5, item_counts=np.array([0.0, 4.0, 3.0, 2.0, 1.0])))
+    values = torch.from_numpy(split.dataset.sequences.items)
+    fixed = full_ranking(_Fixed([0.0, 4.0, 3.0, 2.0, 1.0]), values, split.test, exclude_history=True, ks=(5,))
+    together = full_ranking(pop, values, split.test, exclude_history=True, ks=(5,), batch_size=64)
+    assert together.ranks.tolist() == fixed.ranks.tolist() == [0, 2, 0]
+
+
 def test_score_budget_bounds_the_user_chunk(monkeypatch):
     from mp4sr.evaluate import ranking
 

@@ -90,8 +90,8 @@ def full_ranking(
             ranks[rows] = chunked_target_ranks(users, item_table, targets, chunk, seen).cpu().numpy()
             continue
         scores = model.full_sort_predict(batch.to(device)).float()
-        if seen is not None:
-            scores[seen] = -torch.inf
+        if seen is not None:  # out of place: a model may return a view shared by every row (popularity)
+            scores = scores.index_put(seen, scores.new_tensor(-torch.inf))
         ranks[rows] = target_ranks(scores, targets).cpu().numpy()
     model.train(was_training)
     mine = ranks if shard is None else ranks[np.arange(len(ranks)) % shard[1] == shard[0]]
