@@ -313,5 +313,5 @@ def test_an_experiment_on_a_text_only_dataset(scientific_mm_with, tmp_path):
         if record["model"] == "mp4sr":
             ckpt = torch.load(done.parent / "best.pt", map_location="cpu", weights_only=True)
             stages[record["stage"]] = ckpt["data_settings"]
-    assert stages == {"pretrain": {"modalities": ["text"]}, "final": {"modalities": ["text"]}}
+    assert stages == {"pretrain": {"modalities": ["text"]}, "finetune": {"modalities": ["text"]}}
     assert "scientific-text" in outcome.files["results_md"].read_text()

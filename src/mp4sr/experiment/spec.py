@@ -58,7 +58,7 @@ from mp4sr.config import RunConfig, build_config, deep_merge, parse_overrides, r
 from mp4sr.errors import ConfigError
 from mp4sr.experiment.search import SearchSpec, point_label, point_tree
 from mp4sr.models import DEFAULT_PRETRAINABLE
-from mp4sr.models.base import parse_model_config
+from mp4sr.models.base import Stage, parse_model_config
 from mp4sr.stages import stage_defaults
 
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
@@ -232,7 +232,7 @@ class PlannedRun:
     """One training: a stage of one (entry, dataset, seed, grid point), keyed by its configuration."""
 
     key: str
-    stage: Literal["pretrain", "final"]
+    stage: Stage  # 'finetune' for the run a table cell reports, whether or not the model has stages
     config: RunConfig
     dataset: DatasetSpec
     seed: int
@@ -304,7 +304,7 @@ def _pretrain_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, 
 def _final_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, seed: int, point: dict[str, Any],
                pre: PlannedRun | None, override_tree: dict, runs_dir: Path) -> PlannedRun:
     layers = [spec.defaults, entry.shared, entry.stage, point_tree(point), override_tree]
-    return _planned(entry, "final", layers, dataset, seed, point_label(point), pre, runs_dir)
+    return _planned(entry, "finetune", layers, dataset, seed, point_label(point), pre, runs_dir)
 
 
 @dataclass
@@ -343,9 +343,9 @@ def search_tasks(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = 
     return tasks
 
 
-def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetSpec, seed: int, point: str,
+def _planned(entry: EntrySpec, stage: Stage, layers: list[dict], dataset: DatasetSpec, seed: int, point: str,
              pre: PlannedRun | None, runs_dir: Path) -> PlannedRun:
-    tree = stage_defaults(entry.model, "pretrain" if stage == "pretrain" else "finetune")
+    tree = stage_defaults(entry.model, stage)
     for layer in layers:
         tree = deep_merge(tree, layer)
     source = tree.pop("dataset", None)
