@@ -11,8 +11,6 @@ import pytest
 import torch
 import yaml
 
-# Registration (until mp4sr.models imports these modules itself).
-from mp4sr.models import gru4rec  # noqa: F401
 from mp4sr.errors import ConfigError
 from mp4sr.experiment import load_spec, make_plan, run_experiment
 from mp4sr.experiment import runner
