@@ -20,12 +20,13 @@ import time
 
 import torch
 
-from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
+from mp4sr.config import RunConfig, build_config
 from mp4sr.data import load_dataset
+from mp4sr.stages import stage_base
 from mp4sr.train import train_run
 
 MODELS = {"sasrec": {"model": "sasrec", "train": {"batch_size": 1024}},
-          "mp4sr-pretrain": PRETRAIN_DEFAULTS, "mp4sr-finetune": FINETUNE_DEFAULTS}
+          "mp4sr-pretrain": stage_base("mp4sr", "pretrain"), "mp4sr-finetune": stage_base("mp4sr", "finetune")}
 
 
 def measure(name: str, dataset, device: str, precision: str, epochs: int, metric: str) -> dict:

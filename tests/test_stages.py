@@ -14,7 +14,7 @@ def test_set_reaches_both_stages_but_the_schedule_and_fine_tuning_only_settings(
                                     ["train.epochs=3", "params.mixup=false"], transfer=False)
     assert pre == shared + ["train.epochs=3", "params.mixup=false"]
     assert fine == shared + ["train.lr=1e-4", "params.id_embedding=false"]
-    assert {"train.lr", "train.epochs", "train.batch_size"} <= set(schedule_keys())
+    assert {"train.lr", "train.epochs", "train.batch_size"} <= set(schedule_keys("mp4sr"))
 
 
 def test_pretrain_set_wins_over_set_in_pre_training():
@@ -59,3 +59,26 @@ def test_run_refuses_before_anything_trains(tmp_path):
 def test_train_refuses_a_setting_of_the_stage_it_does_not_run(tmp_path):
     result = CliRunner().invoke(app, ["train", "--model", "mp4sr", "--out", str(tmp_path / "t"), "--set", "params.mixup=false"])
     assert result.exit_code != 0 and "pre-training setting" in str(result.exception)
+
+
+def test_a_stage_starts_from_the_stage_defaults_of_its_own_model(tmp_path):
+    """`mp4sr pretrain` / `finetune` / `run` apply the stage defaults of the model in use (the default
+    pre-trainable model's unless a file or --set names another), under the user's settings."""
+    from mp4sr.models import DEFAULT_PRETRAINABLE, model_class
+    from mp4sr.stages import stage_config
+
+    default = stage_config("pretrain", None, ["train.lr=5e-4"])
+    expected = model_class(DEFAULT_PRETRAINABLE).stage_defaults["pretrain"]["train"]
+    assert default.model == DEFAULT_PRETRAINABLE and default.params["stage"] == "pretrain"
+    assert default.train.epochs == expected["epochs"] and default.train.lr == 5e-4
+    file = tmp_path / "unisrec.yaml"
+    file.write_text("model: unisrec\n")
+    fine = stage_config("finetune", file, None)
+    assert fine.model == "unisrec" and fine.train.batch_size == model_class("unisrec").stage_defaults["finetune"]["train"]["batch_size"]
+    assert stage_config("finetune", None, ["model=unisrec"]).train == fine.train
+
+
+def test_the_stage_commands_refuse_a_model_without_stages(tmp_path):
+    result = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "p"), "--set", "model=sasrec"])
+    assert result.exit_code != 0 and "no pre-training stage" in str(result.exception)
+    assert not (tmp_path / "p").exists()

@@ -6,13 +6,16 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mp4sr.errors import MP4SRError
+
+if TYPE_CHECKING:
+    from mp4sr.models.base import Stage
 
 app = typer.Typer(
     help="Multimodal pre-training for sequential recommendation (MP4SR).",
@@ -97,13 +100,13 @@ def train(
 ) -> None:
     """Train and evaluate one model; writes metrics.json, best.pt, last.pt, epochs.jsonl and config.yaml."""
     from mp4sr.config import RunConfig, build_config
-    from mp4sr.models.base import parse_model_config
+    from mp4sr.models.base import is_pretrainable, parse_model_config
     from mp4sr.stages import check_overrides
     from mp4sr.train import train_run
 
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
-    stage = getattr(parse_model_config(cfg.model, cfg.params), "stage", None)  # models with a pre-training stage
-    if stage is not None:
+    if is_pretrainable(cfg.model):  # the stage in its params.stage: refuse what only the other stage reads
+        stage = parse_model_config(cfg.model, cfg.params).stage
         check_overrides(cfg.model, stage, [kv for kv in set_ or [] if not kv.startswith("params.stage=")], "`mp4sr train`")
     if resume and out is None:
         raise MP4SRError("--resume needs --out: the folder of the run to continue")
@@ -120,15 +123,15 @@ def train(
     console.print(f"metrics: {out / 'metrics.json'}")
 
 
-def _stage(kind: str, dataset: Optional[str], config: Optional[Path], set_: Optional[list[str]], out: Optional[Path],
+def _stage(kind: Stage, dataset: Optional[str], config: Optional[Path], set_: Optional[list[str]], out: Optional[Path],
            init_from: Optional[str] = None, resume: bool = False):
-    """Build the config of an MP4SR stage, train it, print its table; returns (config, output, out)."""
-    from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
-    from mp4sr.stages import check_overrides
+    """Build the config of a stage of a pre-trainable model (its stage defaults under the user's settings),
+    train it, print its table; returns (config, output, out)."""
+    from mp4sr.config import RunConfig
+    from mp4sr.stages import check_overrides, stage_config
     from mp4sr.train import train_run
 
-    base = PRETRAIN_DEFAULTS if kind == "pretrain" else FINETUNE_DEFAULTS
-    cfg: RunConfig = build_config(RunConfig, config, set_, base=base, dataset=dataset, init_from=init_from)
+    cfg: RunConfig = stage_config(kind, config, set_, dataset=dataset, init_from=init_from)
     check_overrides(cfg.model, kind, set_, f"`mp4sr {kind}`")
     main = _start_distributed(cfg.train.device)
     out = out or default_out_dir(kind, cfg.dataset, cfg.model)
@@ -179,15 +182,14 @@ def run(
     """End to end: features -> pre-train -> fine-tune -> test -> report."""
     import json as _json
 
-    from mp4sr.config import FINETUNE_DEFAULTS, RunConfig, build_config
     from mp4sr.report import write_run_report
-    from mp4sr.stages import route_run_overrides
+    from mp4sr.stages import route_run_overrides, stage_config
 
-    planned = build_config(RunConfig, config, set_, base=FINETUNE_DEFAULTS)  # the model whose settings are routed
+    planned = stage_config("finetune", config, set_)  # the model whose settings are routed
     dataset = dataset or planned.dataset
     pre_set, set_ = route_run_overrides(planned.model, set_, pretrain_set, transfer=pretrain_dataset is not None)
     main = _start_distributed(planned.train.device)
-    out = out or default_out_dir("run", dataset, "mp4sr")
+    out = out or default_out_dir("run", dataset, planned.model)
     pre_cfg, pre, _ = _stage("pretrain", pretrain_dataset or dataset, config, pre_set, out / "pretrain", resume=resume)
     fin_cfg, fin, _ = _stage("finetune", dataset, config, set_, out / "finetune",
                              init_from=str(out / "pretrain" / "best.pt"), resume=resume)

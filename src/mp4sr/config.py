@@ -124,8 +124,16 @@ class FeatureSettings(Section):
     image_vectors: str | None = Field(None, description="precomputed image vectors to import instead (same forms)")
 
 
+def _default_model() -> str:
+    # The models package names it; imported when a config is first made, as it imports this module.
+    from mp4sr.models import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
 class RunConfig(Section):
-    model: str = Field("sasrec", description="model name (`mp4sr models`); its settings go under params")
+    model: str = Field(default_factory=_default_model, description="model name (`mp4sr models`); its settings go "
+                       "under params")
     dataset: str = Field("amazon-scientific-mm", description="dataset name (`mp4sr datasets`) or folder")
     params: dict[str, Any] = Field(default_factory=dict, description="the model's own settings")
     init_from: str | None = Field(None, description="checkpoint whose encoder weights start the training")
@@ -179,19 +187,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-# Settings of the two MP4SR stages (the official code's): applied over the defaults, under files.
-# Pre-training runs until validation stops improving: at batch 1024 a small dataset takes only a few
-# steps per epoch (3 on amazon-scientific-mm), and 10 epochs leave the encoder far from converged.
-PRETRAIN_DEFAULTS: dict[str, Any] = {
-    "model": "mp4sr",
-    "params": {"stage": "pretrain"},
-    "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 0.0, "epochs": 200, "patience": 10},
-}
-FINETUNE_DEFAULTS: dict[str, Any] = {
-    "model": "mp4sr",
-    "params": {"stage": "finetune"},
-    "train": {"lr": 1e-3, "batch_size": 1024, "weight_decay": 1e-3, "epochs": 300, "patience": 20},
-}
+def __getattr__(name: str) -> Any:
+    """``PRETRAIN_DEFAULTS`` / ``FINETUNE_DEFAULTS``, the stage settings of the default pre-trainable model, for
+    scripts written when they were constants here: a stage's settings now belong to its model class
+    (``Pretrainable.stage_defaults``; ``mp4sr.stages.stage_base`` adds the model's name)."""
+    stage = {"PRETRAIN_DEFAULTS": "pretrain", "FINETUNE_DEFAULTS": "finetune"}.get(name)
+    if stage is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from mp4sr.models import DEFAULT_PRETRAINABLE
+    from mp4sr.stages import stage_base
+
+    return stage_base(DEFAULT_PRETRAINABLE, stage)
 
 
 def build_config(

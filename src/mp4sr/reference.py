@@ -10,8 +10,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig
-from mp4sr.stages import SOURCE_KEYS, STAGE_NAMES, leaf_keys, schedule_keys
+from mp4sr.config import RunConfig
+from mp4sr.stages import SOURCE_KEYS, STAGE_NAMES, leaf_keys, schedule_keys, stage_base
 
 REGENERATE = "mp4sr config --show --markdown > docs/settings.md"
 
@@ -129,10 +129,11 @@ def _defaults_line(tree: dict[str, Any]) -> str:
 
 def markdown(model: str | None = None) -> str:
     """docs/settings.md: how settings combine, every run setting, the stages, every model's settings."""
-    from mp4sr.models import model_class
-    from mp4sr.models.base import can_add_items, reads_content
+    from mp4sr.models import DEFAULT_PRETRAINABLE, model_class
+    from mp4sr.models.base import can_add_items, is_pretrainable, reads_content
 
     names = _model_names(model)
+    staged = DEFAULT_PRETRAINABLE  # the model of `mp4sr pretrain` / `finetune` / `run` unless a file names another
     lines = [
         "# Settings reference",
         "",
@@ -150,13 +151,14 @@ def markdown(model: str | None = None) -> str:
         "",
         "## Stages of `mp4sr run`",
         "",
-        f"`mp4sr pretrain` and the pre-training stage of `mp4sr run` start from {_defaults_line(PRETRAIN_DEFAULTS)}; "
-        f"`mp4sr finetune` and the fine-tuning stage from {_defaults_line(FINETUNE_DEFAULTS)}.",
+        f"`mp4sr pretrain` and the pre-training stage of `mp4sr run` start from "
+        f"{_defaults_line(stage_base(staged, 'pretrain'))}; "
+        f"`mp4sr finetune` and the fine-tuning stage from {_defaults_line(stage_base(staged, 'finetune'))}.",
         "",
         "- `--config FILE` applies to both stages.",
         "- `--pretrain-set key=value` reaches pre-training only, and wins there over `--set`.",
         "- `--set key=value` reaches fine-tuning, and pre-training too, except the keys of a stage's own schedule ("
-        + ", ".join(f"`{k}`" for k in schedule_keys()) + "), which `--set` gives to fine-tuning only.",
+        + ", ".join(f"`{k}`" for k in schedule_keys(staged)) + "), which `--set` gives to fine-tuning only.",
         "- A model setting only one stage reads (the *stage* column below) is refused where the other stage would "
         "ignore it, with the option that reaches its stage: `--set params.mixup=false` under `mp4sr run` answers "
         "`give it with --pretrain-set params.mixup=false`. `mp4sr pretrain`, `mp4sr finetune` and `mp4sr train` (by the stage in `params.stage`) refuse them likewise.",
@@ -172,9 +174,8 @@ def markdown(model: str | None = None) -> str:
     ]
     for name in names:
         cls = model_class(name)
-        staged = "stage" in cls.Config.model_fields
         lines.append(f"| `{name}` | {_cell(_summary(cls))} | {'yes' if reads_content(cls) else 'no'} "
-                     f"| {'yes' if staged else 'no'} | {'yes' if can_add_items(cls) else 'no'} |")
+                     f"| {'yes' if is_pretrainable(cls) else 'no'} | {'yes' if can_add_items(cls) else 'no'} |")
     lines += ["", "Adding items after training (`Recommender.add_items`, `POST /items`) needs a model that scores "
               "items from their content tables; the others answer that they cannot (HTTP 400).", ""]
     for name in names:

@@ -1,8 +1,8 @@
 """Which stage of a pre-trained model each setting reaches, and where `mp4sr run` sends an override.
 
-A model declares the settings only one stage reads with field metadata (``PRETRAINING`` /
-``FINETUNING`` in ``mp4sr.models.base``); the training schedule of each stage is the keys its stage
-defaults set (``PRETRAIN_DEFAULTS`` / ``FINETUNE_DEFAULTS``). Under `mp4sr run`:
+A pre-trainable model declares the settings only one stage reads with field metadata (``PRETRAINING`` /
+``FINETUNING`` in ``mp4sr.models.base``) and each stage's settings in its class's ``stage_defaults``;
+the training schedule of a stage is the keys its stage defaults set. Under `mp4sr run`:
 
 - ``--pretrain-set`` reaches pre-training only, and wins there over ``--set``;
 - ``--set`` reaches fine-tuning, and pre-training too unless the key is part of a stage's schedule
@@ -17,12 +17,17 @@ defaults set (``PRETRAIN_DEFAULTS`` / ``FINETUNE_DEFAULTS``). Under `mp4sr run`:
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, parse_overrides
+from mp4sr.config import RunConfig, build_config, parse_overrides
 from mp4sr.errors import ConfigError
 
-STAGE_NAMES = {"pretrain": "pre-training", "finetune": "fine-tuning"}
+if TYPE_CHECKING:
+    from mp4sr.models.base import Stage
+
+STAGE_NAMES: dict[Stage, str] = {"pretrain": "pre-training", "finetune": "fine-tuning"}
 SOURCE_KEYS = ("data.join_datasets", "data.exclude_users_of")  # the pre-training source of a transfer run
 COMMAND_KEY = "params.stage"
 
@@ -35,13 +40,41 @@ def leaf_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
     return keys
 
 
-def schedule_keys() -> list[str]:
-    """The keys the stage defaults set (each stage's own training schedule), but the model and its stage."""
-    keys = set(leaf_keys(PRETRAIN_DEFAULTS)) | set(leaf_keys(FINETUNE_DEFAULTS))
-    return sorted(keys - {"model", COMMAND_KEY})
+def stage_defaults(model: str, stage: Stage) -> dict[str, Any]:
+    """The settings a pre-trainable model gives its ``stage`` (its class's ``stage_defaults``, a copy);
+    {} for a model without stages."""
+    from mp4sr.models.base import is_pretrainable, model_class
+
+    return copy.deepcopy(model_class(model).stage_defaults[stage]) if is_pretrainable(model) else {}
 
 
-def stage_only(model: str, key: str) -> str | None:
+def stage_base(model: str, stage: Stage) -> dict[str, Any]:
+    """What `mp4sr pretrain` / `finetune` start from: the model and its stage defaults; refuses a model
+    without a pre-training stage."""
+    from mp4sr.models.base import is_pretrainable
+
+    if not is_pretrainable(model):
+        raise ConfigError(f"model {model!r} has no pre-training stage: train it with `mp4sr train --model {model}`")
+    return {"model": model, **stage_defaults(model, stage)}
+
+
+def stage_config(stage: Stage, file: str | Path | None, overrides: list[str] | None, **explicit: Any) -> RunConfig:
+    """The config of one stage of `mp4sr pretrain` / `finetune` / `run`: the stage defaults of its model <
+    ``file`` < ``overrides`` < ``explicit``. The model is the file's or the overrides' (by default the
+    default pre-trainable model), so it is read first and its stage defaults then go under them."""
+    from mp4sr.models import DEFAULT_PRETRAINABLE
+
+    model = build_config(RunConfig, file, overrides, base={"model": DEFAULT_PRETRAINABLE}, **explicit).model
+    return build_config(RunConfig, file, overrides, base=stage_base(model, stage), **explicit)
+
+
+def schedule_keys(model: str) -> list[str]:
+    """The keys the stage defaults of ``model`` set (each stage's own training schedule), but its stage."""
+    keys = set(leaf_keys(stage_defaults(model, "pretrain"))) | set(leaf_keys(stage_defaults(model, "finetune")))
+    return sorted(keys - {COMMAND_KEY})
+
+
+def stage_only(model: str, key: str) -> Stage | None:
     """'pretrain' or 'finetune' when only that stage reads ``key`` (a model setting it declares so)."""
     from mp4sr.models import model_class
     from mp4sr.models.base import setting_stage
@@ -57,9 +90,9 @@ def _keys(pair: str) -> list[str]:
     return leaf_keys(parse_overrides([pair]))
 
 
-def check_overrides(model: str, stage: str, overrides: list[str] | None, command: str) -> None:
+def check_overrides(model: str, stage: Stage, overrides: list[str] | None, command: str) -> None:
     """Refuse overrides of `mp4sr pretrain` / `finetune` that only the other stage reads."""
-    other = "finetune" if stage == "pretrain" else "pretrain"
+    other: Stage = "finetune" if stage == "pretrain" else "pretrain"
     for pair in overrides or []:
         for key in _keys(pair):
             if key == COMMAND_KEY:
@@ -74,7 +107,7 @@ def route_run_overrides(model: str, set_: list[str] | None, pretrain_set: list[s
     """(pre-training overrides, fine-tuning overrides) of `mp4sr run` (rules in the module docstring);
     ``transfer``: pre-training has its own dataset (``--pretrain-dataset``)."""
     pre, fine = [], []
-    schedule = set(schedule_keys())
+    schedule = set(schedule_keys(model))
     for pair in set_ or []:
         places = {_place(model, key, pair, schedule, transfer) for key in _keys(pair)}
         if len(places) > 1:
@@ -94,7 +127,7 @@ def route_run_overrides(model: str, set_: list[str] | None, pretrain_set: list[s
     return pre + list(pretrain_set or []), fine
 
 
-def _place(model: str, key: str, pair: str, schedule: set[str], transfer: bool) -> str:
+def _place(model: str, key: str, pair: str, schedule: set[str], transfer: bool) -> Stage | Literal["both"]:
     """Where `--set` sends one key under `mp4sr run`: 'both', 'pretrain' or 'finetune'."""
     if key == COMMAND_KEY:
         raise ConfigError(f"--set {pair}: the stage is chosen by the command")

@@ -32,10 +32,10 @@ def test_sequence_windows_cover_every_prefix_target_once(max_len):
     seqs = [rng.integers(0, 20, rng.integers(3, 15)).tolist() for _ in range(30)]
     split = leave_one_out(_toy(seqs))
     seq_ex, pre_ex = split.train_examples("sequence", max_len), split.train_examples("prefix", max_len)
-    assert seq_ex.n_targets == pre_ex.n_targets == sum(len(s) - 3 for s in seqs)
     assert ((seq_ex.end - seq_ex.start) <= max_len).all()
     # the targets of the windows, position by position, are exactly the prefix targets
     seq_targets = np.sort(np.concatenate([np.arange(s + 1, e + 1) for s, e in zip(seq_ex.start, seq_ex.end)]))
+    assert len(seq_targets) == len(pre_ex) == sum(len(s) - 3 for s in seqs)
     assert seq_targets.tolist() == np.sort(pre_ex.end).tolist()
 
 

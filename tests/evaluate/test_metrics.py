@@ -6,6 +6,7 @@ import torch
 
 from mp4sr.data import Dataset, ItemCatalogue, Sequences, leave_one_out
 from mp4sr.evaluate import full_ranking, mean_metrics, target_ranks
+from mp4sr.models.base import ModelConfig, ModelContext, SequentialRecommender
 
 
 def test_ranks_break_ties_by_item_index():
@@ -22,12 +23,15 @@ def test_metric_values():
     assert m["mrr@5"] == pytest.approx((1 + 1 / 5) / 4)
 
 
-class _Fixed(torch.nn.Module):
+class _Fixed(SequentialRecommender):
     """Scores every item by a fixed table, whatever the history."""
 
     def __init__(self, table):
-        super().__init__()
+        super().__init__(ModelConfig(), ModelContext(n_items=len(table)))
         self.table = torch.as_tensor(table, dtype=torch.float32)
+
+    def calculate_loss(self, batch):
+        raise NotImplementedError  # never trained
 
     def full_sort_predict(self, batch):
         return self.table[None].expand(len(batch), -1).clone()
@@ -87,7 +91,6 @@ def test_score_budget_bounds_the_user_chunk(monkeypatch):
     monkeypatch.setattr(ranking, "eval_batches", spy)
     split = leave_one_out(_toy())
     model = _Fixed([0.0, 4.0, 3.0, 2.0, 1.0])
-    model.n_items = 5
     result = ranking.full_ranking(model, torch.from_numpy(split.dataset.sequences.items), split.test, batch_size=64)
     assert seen == [2] and result.ranks.tolist() == [2, 4, 0]
 

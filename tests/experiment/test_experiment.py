@@ -11,8 +11,6 @@ import pytest
 import torch
 import yaml
 
-# Registration (until mp4sr.models imports these modules itself).
-from mp4sr.models import gru4rec  # noqa: F401
 from mp4sr.errors import ConfigError
 from mp4sr.experiment import load_spec, make_plan, run_experiment
 from mp4sr.experiment import runner
@@ -313,5 +311,5 @@ def test_an_experiment_on_a_text_only_dataset(scientific_mm_with, tmp_path):
         if record["model"] == "mp4sr":
             ckpt = torch.load(done.parent / "best.pt", map_location="cpu", weights_only=True)
             stages[record["stage"]] = ckpt["data_settings"]
-    assert stages == {"pretrain": {"modalities": ["text"]}, "final": {"modalities": ["text"]}}
+    assert stages == {"pretrain": {"modalities": ["text"]}, "finetune": {"modalities": ["text"]}}
     assert "scientific-text" in outcome.files["results_md"].read_text()

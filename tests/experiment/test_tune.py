@@ -142,7 +142,7 @@ def test_experiment_tunes_an_entry_then_runs_its_best_settings_with_every_seed(t
     assert sorted(r["seed"] for r in finals) == [1, 2] and {c.train.lr for c in configs} == {tuned["train"]["lr"]}
     assert run_experiment(path, tmp_path / "out", report=False).trained == 0  # finished: nothing again
     _, rows = experiment_status(path, tmp_path / "out")
-    assert [(r.stage, r.finished, r.planned) for r in rows] == [("search", 2, 2), ("final", 2, 2)]
+    assert [(r.stage, r.finished, r.planned) for r in rows] == [("search", 2, 2), ("finetune", 2, 2)]
 
 
 def test_every_search_of_a_comparison_has_the_same_budget(tmp_path, tiny_data):

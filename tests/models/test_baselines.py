@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-# Registration (until mp4sr.models imports these modules itself).
-from mp4sr.models import bert4rec, cl4srec, fdsa, gru4rec, sasrecm, unisrec  # noqa: F401
+from mp4sr.models import bert4rec, cl4srec, unisrec
 from mp4sr.config import EvalSettings, TrainSettings
 from mp4sr.data import leave_one_out, train_batches
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch, eval_batches

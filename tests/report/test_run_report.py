@@ -7,8 +7,10 @@ import json
 
 import matplotlib.image
 
-from mp4sr.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config
+from mp4sr.config import RunConfig, build_config
+from mp4sr.models import DEFAULT_PRETRAINABLE
 from mp4sr.report import write_run_report
+from mp4sr.stages import stage_base
 
 METRICS = {"valid": {"ndcg@10": 0.05}, "test": {"ndcg@10": 0.04, "recall@10": 0.08}, "best_epoch": 3}
 
@@ -21,7 +23,7 @@ def _stage(folder, epochs: int, loss0: float) -> None:
 
 
 def _configs():
-    return build_config(RunConfig, base=PRETRAIN_DEFAULTS), build_config(RunConfig, base=FINETUNE_DEFAULTS)
+    return tuple(build_config(RunConfig, base=stage_base(DEFAULT_PRETRAINABLE, stage)) for stage in ("pretrain", "finetune"))
 
 
 def test_the_report_links_the_learning_curves_beside_it(tmp_path):

@@ -38,11 +38,6 @@ class SequenceBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    @property
-    def padding_mask(self) -> torch.Tensor:
-        """True at real positions."""
-        return self.tokens != PAD
-
     def to(self, device: torch.device | str) -> "SequenceBatch":
         """The batch on ``device`` (through pinned memory, without waiting, when it is a GPU)."""
         move = lambda t: None if t is None else to_device(t, device)  # noqa: E731

@@ -45,10 +45,6 @@ class TrainExamples:
     def __len__(self) -> int:
         return len(self.start)
 
-    @property
-    def n_targets(self) -> int:
-        return len(self) if self.last_only else int((self.end - self.start).sum())
-
 
 @dataclass
 class LeaveOneOut:

@@ -8,11 +8,11 @@ per group.
 ``cold_item_split`` builds the harder setting: a random ``fraction`` of the items (seeded) is held
 out. Every occurrence of a held-out item is removed from every sequence except where it is a user's
 last (test) item, so those items never appear in training, validation or any history; users left
-with fewer than 3 items are dropped. Content-based models (inductive MP4SR, inductive UniSRec) can
-rank the held-out items from their text and images. ID-only models (SASRec, GRU4Rec, BERT4Rec,
-CL4SRec) and the ID part of the others are evaluated as they are: the ID embedding of a held-out
-item keeps its random initialisation (it never receives a gradient as a target or an input), so
-these models are not expected to rank those items well; the table reports it rather than hiding it.
+with fewer than 3 items are dropped. Content models without item-ID embeddings (inductive ones) can
+rank the held-out items from their text and images. ID-only models and the ID part of the others are
+evaluated as they are: the ID embedding of a held-out item keeps its random initialisation (it never
+receives a gradient as a target or an input), so these models are not expected to rank those items
+well; the table reports it rather than hiding it.
 """
 
 from __future__ import annotations

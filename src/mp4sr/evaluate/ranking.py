@@ -19,15 +19,10 @@ from mp4sr.data.batching import eval_batches, gather_windows
 from mp4sr.data.split import EvalSet
 from mp4sr.devices import to_device
 from mp4sr.evaluate.metrics import DEFAULT_KS, mean_metrics, target_ranks
+from mp4sr.models.base import Factorised, SequentialRecommender
 
 SCORE_BUDGET = 1 << 26  # scores held at once by a chunk of users
 TOKEN_BUDGET = 8192  # padded history positions per chunk: many short histories at once, few long ones
-
-
-def factorised(model) -> bool:
-    """Whether ``model`` scores as ``user_vectors(batch) @ item_vectors().T`` (and can be ranked in
-    chunks of items)."""
-    return callable(getattr(model, "user_vectors", None)) and callable(getattr(model, "item_vectors", None))
 
 
 def users_per_chunk(batch_size: int, n_items: int, budget: int | None = None) -> int:
@@ -47,7 +42,7 @@ class RankingResult:
 
 @torch.no_grad()
 def full_ranking(
-    model,
+    model: SequentialRecommender,
     values: torch.Tensor,
     evalset: EvalSet,
     max_len: int = 50,
@@ -65,12 +60,15 @@ def full_ranking(
 
     ``shard=(i, n)``: rank only the examples whose index is i modulo n (the others' ranks are 0 and
     the metrics cover the shard); distributed evaluation sums the shards' ranks.
+
+    A ``Factorised`` model whose users' scores of all items would not fit in ``SCORE_BUDGET`` is
+    ranked by chunks of items instead (``user_vectors`` against slices of ``item_vectors``).
     """
     was_training = model.training
     model.eval()
     ranks = np.zeros(len(evalset), dtype=np.int64)
-    n_items = int(getattr(model, "n_items", 0))
-    by_items = factorised(model) and users_per_chunk(batch_size, n_items) < batch_size
+    n_items = int(model.n_items)
+    by_items = isinstance(model, Factorised) and users_per_chunk(batch_size, n_items) < batch_size
     item_table = model.item_vectors().float() if by_items else None
     if not by_items:
         batch_size = users_per_chunk(batch_size, n_items)

@@ -161,6 +161,8 @@ def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
     for protocol, ranking in output.result.test_by_protocol.items():
         np.save(folder / f"test_ranks_{protocol}.npy", np.asarray(ranking.ranks, dtype=np.int64))
     (folder / "last.pt").unlink(missing_ok=True)  # only needed to resume this run, which is finished
+    # "stage": 'pretrain' or 'finetune' (the records of runs finished before the two stages had one
+    # vocabulary say 'final' for 'finetune'); informative only, nothing reads it back.
     record = {
         "key": run.key, "stage": run.stage, "entry": run.entry, "model": run.config.model,
         "dataset": run.dataset.key, "seed": run.seed, "point": run.point, "pretrain_key": run.pretrain_key,

@@ -8,7 +8,8 @@ An experiment file (YAML) looks like::
     seeds: [2024, 2025, 2026]
     defaults: {train: {progress: false}}      # every stage of every run
     pretrain_defaults: {}                     # pre-training stages only, over `defaults`
-    reference: mp4sr                          # tested against the best baseline
+    reference: mp4sr                          # tested against the best baseline (default: the entry named
+                                              # after the default pre-trainable model, mp4sr.models.DEFAULT_PRETRAINABLE)
     search: {trials: 20}                      # every search's budget (or true; false: no grids, no searches)
     models:
       - name: sasrec                          # model = name unless given
@@ -26,8 +27,8 @@ An experiment file (YAML) looks like::
         shared: {params: {modalities: [text]}}   # both stages
 
 An entry's own RunConfig sections (``params``, ``train``, ``data``, ``features``, ``eval``) configure
-its final (fine-tuning) stage. Layers, later wins: the model's stage defaults (MP4SR's
-PRETRAIN_DEFAULTS / FINETUNE_DEFAULTS, a model class's ``stage_defaults``) < ``defaults`` (<
+its final (fine-tuning) stage. Layers, later wins: the model's stage defaults (a pre-trainable model
+class's ``stage_defaults``) < ``defaults`` (<
 ``pretrain_defaults``) < ``shared`` < the stage's own settings < the grid point < command-line
 overrides. ``pretrain: null`` in an entry that extends another removes the pre-training stage. A pre-training stage
 may name its own ``dataset`` (transfer: pre-train there, fine-tune on each of the experiment's datasets),
@@ -53,12 +54,12 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mp4sr.config import (
-    FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, RunConfig, build_config, deep_merge, parse_overrides, read_yaml,
-)
+from mp4sr.config import RunConfig, build_config, deep_merge, parse_overrides, read_yaml
 from mp4sr.errors import ConfigError
 from mp4sr.experiment.search import SearchSpec, point_label, point_tree
-from mp4sr.models.base import model_class, parse_model_config
+from mp4sr.models import DEFAULT_PRETRAINABLE
+from mp4sr.models.base import Stage, parse_model_config
+from mp4sr.stages import stage_defaults
 
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
 # Settings that change how a run is shown or how fast it goes, never its results: not in the key.
@@ -125,7 +126,7 @@ class ExperimentSpec(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [2024])
     defaults: dict[str, Any] = Field(default_factory=dict)
     pretrain_defaults: dict[str, Any] = Field(default_factory=dict)
-    reference: str | None = "mp4sr"
+    reference: str | None = DEFAULT_PRETRAINABLE
     select_metric: str = "ndcg@10"
     metrics: list[str] = Field(default_factory=lambda: ["recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr@20"])
     test: Literal["ttest", "wilcoxon"] = Field("ttest", description="paired test of the reference vs the best baseline")
@@ -150,7 +151,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     if not isinstance(raw_models, list) or not raw_models:
         raise ConfigError(f"{path}: 'models' must be a non-empty list of entries")
     tree["datasets"] = [{"name": d} if isinstance(d, str) else d for d in tree.get("datasets") or []]
-    tree["models"] = _resolve_entries(raw_models, tree.get("reference", "mp4sr"), path)
+    tree["models"] = _resolve_entries(raw_models, tree.get("reference", DEFAULT_PRETRAINABLE), path)
     if isinstance(tree.get("search"), dict):  # settings every entry's search shares (its budget above all)
         shared = tree.pop("search")
         for item in tree["models"]:
@@ -231,7 +232,7 @@ class PlannedRun:
     """One training: a stage of one (entry, dataset, seed, grid point), keyed by its configuration."""
 
     key: str
-    stage: Literal["pretrain", "final"]
+    stage: Stage  # 'finetune' for the run a table cell reports, whether or not the model has stages
     config: RunConfig
     dataset: DatasetSpec
     seed: int
@@ -257,14 +258,6 @@ class Cell:
 class Plan:
     runs: list[PlannedRun] = field(default_factory=list)  # unique, every pre-training before its users
     cells: list[Cell] = field(default_factory=list)
-
-
-def stage_defaults(model: str, stage: str) -> dict[str, Any]:
-    """A model's settings for a stage ('pretrain' | 'finetune'); {} for single-stage models."""
-    defaults = getattr(model_class(model), "stage_defaults", None)
-    if defaults is None and model == "mp4sr":
-        defaults = {"pretrain": PRETRAIN_DEFAULTS, "finetune": FINETUNE_DEFAULTS}
-    return dict((defaults or {}).get(stage, {}))
 
 
 def _check_only(spec: ExperimentSpec, only: list[str] | None) -> None:
@@ -311,7 +304,7 @@ def _pretrain_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, 
 def _final_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, seed: int, point: dict[str, Any],
                pre: PlannedRun | None, override_tree: dict, runs_dir: Path) -> PlannedRun:
     layers = [spec.defaults, entry.shared, entry.stage, point_tree(point), override_tree]
-    return _planned(entry, "final", layers, dataset, seed, point_label(point), pre, runs_dir)
+    return _planned(entry, "finetune", layers, dataset, seed, point_label(point), pre, runs_dir)
 
 
 @dataclass
@@ -350,9 +343,9 @@ def search_tasks(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = 
     return tasks
 
 
-def _planned(entry: EntrySpec, stage: str, layers: list[dict], dataset: DatasetSpec, seed: int, point: str,
+def _planned(entry: EntrySpec, stage: Stage, layers: list[dict], dataset: DatasetSpec, seed: int, point: str,
              pre: PlannedRun | None, runs_dir: Path) -> PlannedRun:
-    tree = stage_defaults(entry.model, "pretrain" if stage == "pretrain" else "finetune")
+    tree = stage_defaults(entry.model, stage)
     for layer in layers:
         tree = deep_merge(tree, layer)
     source = tree.pop("dataset", None)

@@ -35,12 +35,17 @@ def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, An
                      pre_params: dict[str, Any] | None = None) -> Path:
     """Write ``out/report.md`` and return its path; ``pre_params``: the pre-trained model's settings as it
     ran (with what it chose from the data), by default its config's."""
+    from mp4sr.models.base import model_class, parse_model_config
+
+    title = f"{model_class(fin_cfg.model).title} on {fin_cfg.dataset}"
+    id_embedding = parse_model_config(fin_cfg.model, fin_cfg.params).model_dump().get("id_embedding")
+    mode = "" if id_embedding is None else f", {'transductive' if id_embedding else 'inductive'}"
     source = pretraining_data(pre_cfg)
     modalities = (pre_cfg.params if pre_params is None else pre_params).get("modalities") or ["those of the data"]
     pre_label = "pre-trained (content only), test" if source == fin_cfg.dataset else \
         f"pre-trained (content only), test on {source}"
     text = [
-        f"# MP4SR on {fin_cfg.dataset}",
+        f"# {title}",
         "",
         "Full ranking over all items, leave-one-out; test metrics of the best validation epoch "
         f"(selected on {fin_cfg.train.valid_metric}).",
@@ -52,12 +57,11 @@ def write_run_report(out: Path, pretrain: dict[str, Any], finetune: dict[str, An
         }, fin_cfg.eval.ks),
         "",
         f"- pre-training on {source}: best epoch {pretrain['best_epoch']}, modalities {', '.join(modalities)}",
-        f"- fine-tuning: best epoch {finetune['best_epoch']}, "
-        f"{'transductive' if fin_cfg.params.get('id_embedding', True) else 'inductive'}",
+        f"- fine-tuning: best epoch {finetune['best_epoch']}{mode}",
         f"- checkpoints: `{out / 'pretrain' / 'best.pt'}`, `{out / 'finetune' / 'best.pt'}`",
         "",
     ]
-    curves = learning_curves(out, fin_cfg.train.valid_metric, f"MP4SR on {fin_cfg.dataset}")
+    curves = learning_curves(out, fin_cfg.train.valid_metric, title)
     if curves is not None:
         text += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
     path = out / "report.md"

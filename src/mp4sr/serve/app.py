@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+import mp4sr
 from mp4sr.errors import DataError, MP4SRError
 from mp4sr.serve.batcher import MicroBatcher
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
@@ -254,7 +255,7 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
         await batcher.stop()
 
     body_limit = {"max_body_size": limits.max_body_bytes} if "max_body_size" in signature(FastAPI).parameters else {}
-    app = _Service(title="mp4sr", version="0.1.0", lifespan=lifespan, **body_limit,
+    app = _Service(title=mp4sr.__name__, version=mp4sr.__version__, lifespan=lifespan, **body_limit,
                   description=f"Next-item recommendations from a {rec.model_name} model; item ids are the catalogue's ids.")
     _install_error_handlers(app, rec)
 

@@ -4,8 +4,8 @@ It loads from an exported model folder (``mp4sr export-model``: self-contained, 
 cache needed, no training code imported) or from a run folder's ``best.pt`` (which reloads the
 training dataset and its feature stores). Scores are the model's ``full_sort_predict`` on the last
 ``max_len`` items of a history, exactly what the offline evaluation ranks; an empty history falls back
-to popularity (training counts). Content models (MP4SR) can take new items without retraining: they
-are scored from their content alone.
+to popularity (training counts). Content models that score items from content tables
+(``ExtensibleCatalogue``) can take new items without retraining: they are scored from their content alone.
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from mp4sr.data import Dataset, Sequences, leave_one_out, load_dataset
 from mp4sr.data.batching import SequenceBatch, gather_windows
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
-from mp4sr.models import ModelContext, build_model, model_class
-from mp4sr.models.base import can_add_items, reads_content
-from mp4sr.models.mp4sr import ItemTable
+from mp4sr.models import REGISTRY, ItemTable, ModelContext, build_model, model_class
+from mp4sr.models.base import ContentModel, can_add_items, reads_content
 from mp4sr.files import atomic_save
 from mp4sr.serve.display import ItemDisplay
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
@@ -229,15 +228,15 @@ class Recommender:
 
     @property
     def model_name(self) -> str:
-        return str(self.payload.get("model_name", getattr(self.model, "name", "?")))
+        return self.model.name
 
     @property
     def modalities(self) -> list[str]:
-        return list(getattr(self.model, "modalities", []))
+        return list(self.model.modalities) if isinstance(self.model, ContentModel) else []
 
     @property
     def supports_new_items(self) -> bool:
-        return can_add_items(self.model) and hasattr(self.model, "tables")
+        return can_add_items(self.model)
 
     def new_item_fields(self) -> dict[str, list[str]]:
         """Per modality of the model, the fields of a new item (HTTP names) it can read: where the store's
@@ -363,9 +362,10 @@ class Recommender:
         text_vector?, image_vector?}`` is encoded like the model's feature stores and scored from its
         content alone (new items have no ID embedding). Returns the ids added."""
         if not self.supports_new_items:
+            able = ", ".join(sorted(name for name, cls in REGISTRY.items() if can_add_items(cls)))
             raise UnsupportedError(
                 f"model {self.model_name!r} scores items by ID embeddings learned in training, so it cannot score "
-                f"items it was not trained on. Use a content model (e.g. mp4sr) to add items without retraining.")
+                f"items it was not trained on. Use a content model that can ({able}) to add items without retraining.")
         new = [NewItem.parse(item) for item in items]
         ids = [item.id for item in new]
         clash = [i for i in ids if i in self.index] + [i for i, n in Counter(ids).items() if n > 1]

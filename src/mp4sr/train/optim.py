@@ -20,7 +20,7 @@ from mp4sr.config import NoDecay, TrainSettings
 def parameter_kinds(model: nn.Module) -> dict[int, set[NoDecay]]:
     """For each parameter (by ``id``): what it is of 'bias' (a name containing 'bias': Linear, attention
     and output biases), 'norm' (the weights of a normalisation layer, or a name containing 'norm', as
-    the experts' LayerNorms of MP4SR's adaptor) and 'embedding' (the weights of an ``nn.Embedding``:
+    the experts' LayerNorms of a content model's adaptor) and 'embedding' (the weights of an ``nn.Embedding``:
     item, position and ID embeddings). Parameters shared by several modules get every kind they have."""
     kinds: dict[int, set[NoDecay]] = {}
     for module_name, module in model.named_modules():

@@ -16,7 +16,7 @@ from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, training_data
 from mp4sr.features import dataset_features
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model, model_class
-from mp4sr.models.base import reads_content
+from mp4sr.models.base import Pretrainable, SequentialRecommender, reads_content
 from mp4sr.train import distributed
 from mp4sr.train.checkpoint import feature_manifest
 from mp4sr.train.trainer import EpochRecord, Trainer, TrainResult, seed_everything
@@ -73,9 +73,9 @@ def inherited_params(config: RunConfig, pretrained: dict[str, Any] | None) -> di
     return {**chosen, **config.params}
 
 
-def load_encoder(model, pretrained: dict[str, Any]) -> None:
+def load_encoder(model: SequentialRecommender, pretrained: dict[str, Any]) -> None:
     """Start ``model`` from the weights of a (pre-training) checkpoint read by ``read_pretrained``."""
-    if not hasattr(model, "load_pretrained"):
+    if not isinstance(model, Pretrainable):
         raise ConfigError(f"model {model.name!r} cannot start from a pre-trained checkpoint")
     model.load_pretrained(pretrained["state_dict"])
 

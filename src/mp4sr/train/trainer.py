@@ -27,6 +27,7 @@ from mp4sr.devices import autocast, check_device
 from mp4sr.errors import ConfigError, MP4SRError
 from mp4sr.evaluate.metrics import mean_metrics
 from mp4sr.evaluate.ranking import RankingResult, full_ranking
+from mp4sr.models.base import SequentialRecommender
 from mp4sr.train import distributed
 from mp4sr.train.allocator import keep_freed_memory
 from mp4sr.train.optim import make_optimizer
@@ -157,7 +158,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: SequentialRecommender,
         split: LeaveOneOut,
         examples: TrainExamples,
         settings: TrainSettings,
@@ -295,7 +296,7 @@ class Trainer:
         seed_everything(s.seed)
         rng = np.random.default_rng(s.seed)
         self.state = TrainState()
-        trainable = getattr(self.model, "trainable", True) and s.epochs > 0
+        trainable = self.model.trainable and s.epochs > 0
         if trainable:
             try:
                 best_state = self._train(rng)
