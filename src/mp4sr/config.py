@@ -187,19 +187,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return content
 
 
-def __getattr__(name: str) -> Any:
-    """``PRETRAIN_DEFAULTS`` / ``FINETUNE_DEFAULTS``, the stage settings of the default pre-trainable model, for
-    scripts written when they were constants here: a stage's settings now belong to its model class
-    (``Pretrainable.stage_defaults``; ``mp4sr.stages.stage_base`` adds the model's name)."""
-    stage = {"PRETRAIN_DEFAULTS": "pretrain", "FINETUNE_DEFAULTS": "finetune"}.get(name)
-    if stage is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from mp4sr.models import DEFAULT_PRETRAINABLE
-    from mp4sr.stages import stage_base
-
-    return stage_base(DEFAULT_PRETRAINABLE, stage)
-
-
 def build_config(
     cls: type[BaseModel] = RunConfig,
     file: str | Path | None = None,
