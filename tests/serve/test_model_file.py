@@ -19,7 +19,8 @@ import torch
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.paths import CACHE_ENV, DATA_ENV
 from mp4sr.serve import Recommender
-from mp4sr.serve.model_file import MODEL_FILE, export_model
+from mp4sr.serve.model_file import MODEL_FILE
+from mp4sr.serve.packaging import export_model
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

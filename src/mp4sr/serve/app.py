@@ -29,19 +29,9 @@ import mp4sr
 from mp4sr.errors import DataError, MP4SRError
 from mp4sr.serve.batcher import MicroBatcher
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
+from mp4sr.serve.limits import ServeLimits
 from mp4sr.serve.page import install_page
 from mp4sr.serve.recommender import POPULARITY, Recommender
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    max_k: int = 1000
-    max_history: int = 2000  # ids accepted per history (the model reads the last max_len of them)
-    max_batch: int = 1024  # histories per request
-    max_candidates: int = 100_000
-    max_new_items: int = 1000  # items per POST /items
-    max_id_length: int = 256
-    max_body_bytes: int = 32 * 2**20  # larger requests -> 413 (where FastAPI supports max_body_size)
 
 
 @dataclass

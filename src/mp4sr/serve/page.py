@@ -9,7 +9,7 @@ is built, nothing is fetched from elsewhere.
 
 # No `from __future__ import annotations`: FastAPI must see the request models defined in install_page().
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 from fastapi import FastAPI, HTTPException, Query
@@ -18,10 +18,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mp4sr.serve.display import IMAGE_TYPES, ItemDisplay, shorten
+from mp4sr.serve.limits import ServeLimits
 from mp4sr.serve.recommender import Recommender
-
-if TYPE_CHECKING:
-    from mp4sr.serve.app import ServeLimits
 
 STATIC = Path(__file__).with_name("static")
 MAX_LOOKUP = 100  # ids per GET /catalogue/items (they travel in the URL)
@@ -47,7 +45,7 @@ def item_ranks(rec: Recommender, history: Sequence[str], items: Sequence[str],
     return out, int(torch.isfinite(scores).sum())
 
 
-def install_page(app: FastAPI, rec: Recommender, limits: "ServeLimits") -> None:
+def install_page(app: FastAPI, rec: Recommender, limits: ServeLimits) -> None:
     """Add the page and its endpoints to ``app``."""
     ItemId = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_id_length)]
 
