@@ -28,7 +28,7 @@ from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
 from mp4sr.models import ModelContext, build_model, model_class
 from mp4sr.models.base import can_add_items, reads_content
-from mp4sr.models.mp4sr import ItemTable
+from mp4sr.models.items import ItemTable
 from mp4sr.files import atomic_save
 from mp4sr.serve.display import ItemDisplay
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
