@@ -11,14 +11,14 @@ from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model
 from mp4sr.models.base import ExtensibleCatalogue, Factorised, Pretrainable, SequentialRecommender
 from mp4sr.models.items import (AttentionPooling, ContentConfig, ContentEncoder, ContentEncoders, IDEmbedding,
-                                ItemTable, MeanPooling, MoEAdaptor, make_adaptor, make_pooling)
+                                ItemTable, MeanPooling, MoEAdaptor, WhiteningAdaptor, make_adaptor, make_pooling)
 from mp4sr.models.mp4sr import MP4SR
 from mp4sr.models.unisrec import UniSRec, UniSRecConfig
 
 N_ITEMS = 14
 CONTENT_MODELS = ["mp4sr", "unisrec", "sasrecm", "fdsa"]
 SMALL = {"hidden": 8, "ffn": 16, "layers": 1}
-CHOICES = [("attention", "moe"), ("attention", "linear"), ("mean", "moe"), ("mean", "linear")]
+CHOICES = [("attention", "moe"), ("attention", "linear"), ("mean", "moe"), ("mean", "linear"), ("mean", "whitening")]
 
 
 def _tables(seed=0):
@@ -89,6 +89,21 @@ def test_content_encoders_check_dimensions_and_forget_cached_items_on_load():
         assert not torch.equal(encoders.all()["text"], first["text"])
 
 
+def test_whitening_adaptor_is_unisrecs_mixture_of_whitening_experts():
+    torch.manual_seed(0)
+    adaptor = make_adaptor(ContentConfig(adaptor="whitening", experts=3, adaptor_dropout=0.0), 6, 4)
+    assert isinstance(adaptor, WhiteningAdaptor)
+    e = torch.randn(5, 6)
+    torch.testing.assert_close(adaptor.eval()(e), sum((e - adaptor.bias[k]) @ adaptor.weight[k] for k in range(3)) / 3)
+    for p in (adaptor.bias, adaptor.gate, adaptor.noise):
+        nn.init.normal_(p)
+    gate = torch.softmax(e @ adaptor.gate, dim=-1)
+    expected = sum(gate[:, k:k + 1] * ((e - adaptor.bias[k]) @ adaptor.weight[k]) for k in range(3))
+    torch.testing.assert_close(adaptor(e), expected)
+    adaptor.train()  # a noisy gate in training
+    assert not torch.allclose(adaptor(e), expected)
+
+
 # ------------------------------------------------------------------------------------------ the ID part
 
 
@@ -124,6 +139,8 @@ def test_every_content_model_builds_and_trains_with_every_choice(name, pooling, 
     model = build_model(name, params, ModelContext(N_ITEMS, max_len=6, features=_tables()))
     assert (model.config.pooling, model.config.adaptor) == (pooling, adaptor)
     assert any(isinstance(m, AttentionPooling if pooling == "attention" else MeanPooling) for m in model.modules())
+    kind = {"moe": MoEAdaptor, "whitening": WhiteningAdaptor, "linear": nn.Linear}[adaptor]
+    assert any(isinstance(m, kind) for m in model.modules())
     assert any(isinstance(m, MoEAdaptor) for m in model.modules()) == (adaptor == "moe")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss = model.calculate_loss(_batch())

@@ -7,7 +7,8 @@ The parts, in the order they are built:
   modalities a model reads (its settings, else what the data has; see ``modalities``).
 - the content part of one modality: a **pooling** over the item's vectors, ``attention`` (trained,
   ``AttentionPooling``, scorer ``linear`` | ``mlp``) or ``mean`` (of the present vectors, ``MeanPooling``),
-  then an **adaptor** to the hidden size, ``moe`` (``MoEAdaptor``) or ``linear``. ``ContentConfig``
+  then an **adaptor** to the hidden size, ``moe`` (``MoEAdaptor``), ``linear``, or ``whitening`` (UniSRec's
+  official adaptor, ``WhiteningAdaptor``). ``ContentConfig``
   holds these choices; the configs of MP4SR, UniSRec, SASRecM and FDSA derive from it, each with its
   own defaults (MP4SR, UniSRec: attention + moe; SASRecM, FDSA: mean + linear).
 - the ID part (``IDEmbedding``): one learned vector per item known in training; items added after
@@ -44,7 +45,7 @@ from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 
 Pooling = Literal["attention", "mean"]
 PoolScorer = Literal["linear", "mlp"]
-Adaptor = Literal["moe", "linear"]
+Adaptor = Literal["moe", "linear", "whitening"]
 
 
 # ---------------------------------------------------------------------------------------------- item content
@@ -101,9 +102,10 @@ class ContentConfig(ModelConfig):
     pool_scorer: PoolScorer = Field(
         "linear", description="attention pooling score: 'linear' (the paper's) or 'mlp' (a ReLU after the first layer)")
     adaptor: Adaptor = Field("moe", description="map of the pooled vector to the hidden size: 'moe' (mixture of "
-                             "experts, each Linear + LayerNorm, softmax gate) or 'linear' (one Linear)")
-    experts: int = Field(8, description="experts of each modality's MoE adaptor")
-    adaptor_dropout: float = Field(0.2, description="dropout inside the MoE adaptor")
+                             "experts, each Linear + LayerNorm, softmax gate), 'linear' (one Linear) or 'whitening' "
+                             "(UniSRec's official adaptor: parametric-whitening experts (x - b_k) W_k, noisy gate)")
+    experts: int = Field(8, description="experts of each modality's MoE or whitening adaptor")
+    adaptor_dropout: float = Field(0.2, description="dropout inside the MoE or whitening adaptor")
 
 
 def described(name: str) -> str:
@@ -177,12 +179,39 @@ class MoEAdaptor(nn.Module):
         return (gate.unsqueeze(-1) * out).sum(-2)
 
 
+class WhiteningAdaptor(nn.Module):
+    """UniSRec's adaptor (Hou et al., KDD 2022; ``MoEAdaptorLayer`` of its official code): a mixture of
+    parametric-whitening experts without normalisation, z = sum_k g_k(e) (Dropout_k(e) - b_k) W_k, each
+    expert dropping its own units; gate g = softmax(e W_g + noise), where in training the noise is
+    N(0, 1) * (softplus(e W_n) + 0.01). As there, W_k ~ N(0, 0.02) and b_k, W_g, W_n start at zero (a
+    uniform gate). The experts run as one batched product over [..., experts, d] inputs."""
+
+    def __init__(self, dim: int, hidden: int, experts: int = 8, dropout: float = 0.2):
+        super().__init__()
+        self.experts, self.hidden = experts, hidden
+        self.weight = nn.Parameter(torch.randn(experts, dim, hidden) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(experts, dim))
+        self.dropout = nn.Dropout(dropout)
+        self.gate = nn.Parameter(torch.zeros(dim, experts))
+        self.noise = nn.Parameter(torch.zeros(dim, experts))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(e.unsqueeze(-2).expand(*e.shape[:-1], self.experts, e.shape[-1])) - self.bias
+        out = torch.einsum("...kd,kdh->...kh", x, self.weight)
+        logits = e @ self.gate
+        if self.training:
+            logits = logits + torch.randn_like(logits) * (F.softplus(e @ self.noise) + 1e-2)
+        return (torch.softmax(logits, dim=-1).unsqueeze(-1) * out).sum(-2)
+
+
 def make_adaptor(settings: ContentConfig, dim: int, hidden: int) -> nn.Module:
     """The adaptor ``settings.adaptor`` names, from ``dim`` to ``hidden``: ``forward(e [..., d]) -> [..., hidden]``."""
     if settings.adaptor == "moe":
         return MoEAdaptor(dim, hidden, settings.experts, settings.adaptor_dropout)
     if settings.adaptor == "linear":
         return nn.Linear(dim, hidden)
+    if settings.adaptor == "whitening":
+        return WhiteningAdaptor(dim, hidden, settings.experts, settings.adaptor_dropout)
     raise ConfigError(f"unknown adaptor {settings.adaptor!r}")
 
 

@@ -16,10 +16,11 @@ Defaults of the official code (``props/UniSRec.yaml``, ``finetune.py``): hidden 
 FFN 256, hidden / attention dropout 0.5, 8 experts, adaptor dropout 0.2, temperature 0.07,
 lambda 1e-3, item drop ratio 0.2; fine-tuning a pre-trained model trains the adaptor and the ID
 embeddings with the transformer fixed (``fix_encoder``). Differences, stated: the official adaptor is
-parametric whitening experts with noisy gating and one text vector per item; here it is the MoE adaptor
-of ``models.items`` (an affine map and LayerNorm per expert, softmax gating) over the attention-pooled
-vectors of the item (identical when an item has one vector). Pre-training uses the target domain, as
-MP4SR's official code does (UniSRec pre-trains on five other Amazon domains).
+parametric whitening experts with noisy gating (``params.adaptor=whitening``) over one text vector per
+item; by default here it is the MoE adaptor of ``models.items`` (an affine map and LayerNorm per expert,
+softmax gating), and either runs over the attention-pooled vectors of the item (identical when an item
+has one vector). Pre-training uses the target domain, as MP4SR's official code does (UniSRec pre-trains
+on five other Amazon domains).
 """
 
 from __future__ import annotations
