@@ -82,11 +82,11 @@ def test_content_encoders_check_dimensions_and_forget_cached_items_on_load():
     with pytest.raises(ConfigError, match="no audio"):
         encoders.set_tables({"audio": tables["text"]})
     with torch.no_grad():
-        first = encoders.all()
-        assert encoders.all() is first  # reused in eval mode
+        first = encoders.encode_all()
+        assert encoders.encode_all() is first  # reused in eval mode
         state = {k: torch.randn_like(v) for k, v in encoders.state_dict().items()}
         encoders.load_state_dict(state)
-        assert not torch.equal(encoders.all()["text"], first["text"])
+        assert not torch.equal(encoders.encode_all()["text"], first["text"])
 
 
 def test_whitening_adaptor_is_unisrecs_mixture_of_whitening_experts():

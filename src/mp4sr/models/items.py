@@ -8,9 +8,9 @@ The parts, in the order they are built:
 - the content part of one modality: a **pooling** over the item's vectors, ``attention`` (trained,
   ``AttentionPooling``, scorer ``linear`` | ``mlp``) or ``mean`` (of the present vectors, ``MeanPooling``),
   then an **adaptor** to the hidden size, ``moe`` (``MoEAdaptor``), ``linear``, or ``whitening`` (UniSRec's
-  official adaptor, ``WhiteningAdaptor``). ``ContentConfig``
-  holds these choices; the configs of MP4SR, UniSRec, SASRecM and FDSA derive from it, each with its
-  own defaults (MP4SR, UniSRec: attention + moe; SASRecM, FDSA: mean + linear).
+  official adaptor, ``WhiteningAdaptor``). ``ContentConfig`` holds these choices; the configs of MP4SR,
+  UniSRec, SASRecM and FDSA derive from it, each with its own defaults (MP4SR, UniSRec: attention + moe;
+  SASRecM, FDSA: mean + linear).
 - the ID part (``IDEmbedding``): one learned vector per item known in training; items added after
   training (index >= the trained rows) get zero rows, so a model that adds the ID part to content still
   scores them by their content.
@@ -243,7 +243,7 @@ class ContentEncoders(nn.ModuleDict):
     encoder fine-tunes on other items and items added after training are scored by their content.
 
     The tables follow the weights to their device. In eval mode without gradients the representations of
-    all items (``all``) are computed once and reused until the module trains again, its tables change or
+    all items (``encode_all``) are computed once and reused until the module trains again, its tables change or
     its weights are loaded."""
 
     def __init__(self, tables: dict[str, ItemTable], hidden: int, settings: ContentConfig):
@@ -274,7 +274,7 @@ class ContentEncoders(nn.ModuleDict):
         """[len(items), hidden] representations of ``items`` in modality ``m`` (all items when None)."""
         return self[m](self.tables[m], items)
 
-    def all(self) -> dict[str, torch.Tensor]:
+    def encode_all(self) -> dict[str, torch.Tensor]:
         """Representations of every item, per modality (cached in eval mode without gradients)."""
         if self.training or torch.is_grad_enabled():
             return {m: self.encode(m) for m in self}

@@ -142,7 +142,7 @@ class MP4SR(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender
     def all_item_reps(self) -> dict[str, torch.Tensor]:
         """z^m of every item per modality; in eval mode computed once and reused until the model trains
         again or its items or weights change."""
-        return self.item_encoders.all()
+        return self.item_encoders.encode_all()
 
     # ------------------------------------------------------------------ M2SE: the sequence encoder
 

@@ -153,17 +153,17 @@ class UniSRec(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommend
     def finetune_loss(self, batch: SequenceBatch) -> torch.Tensor:
         """Cross-entropy over all items of the cosine scores / tau."""
         keep = batch.targets != IGNORE
-        z = self.item_encoders.all()["text"]  # once: in training it is recomputed on every call
+        z = self.item_encoders.encode_all()["text"]  # once: in training it is recomputed on every call
         h = self._states(batch, lambda items: z[items])
         scores = F.normalize(h[keep], dim=-1) @ self._output_items(z).T
         return F.cross_entropy(scores / self.config.tau, batch.targets[keep])
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
-        z = self.item_encoders.all()["text"]
+        z = self.item_encoders.encode_all()["text"]
         return F.normalize(last_positions(self._states(batch, lambda items: z[items]), batch.lengths), dim=-1)
 
     def item_vectors(self) -> torch.Tensor:
-        return self._output_items(self.item_encoders.all()["text"])
+        return self._output_items(self.item_encoders.encode_all()["text"])
 
     # ------------------------------------------------------------------ pre-trained weights
 
