@@ -136,7 +136,7 @@ def test_large_catalogue_path_ranks_like_the_full_scores(model_name, monkeypatch
     split = leave_one_out(ds)
     features = None
     if model_name == "mp4sr":
-        from mp4sr.models.mp4sr import ItemTable
+        from mp4sr.models.items import ItemTable
 
         features = {m: ItemTable(torch.randn(40, 2, 8), torch.ones(40, 2, dtype=torch.bool)) for m in ("text", "image")}
     torch.manual_seed(0)

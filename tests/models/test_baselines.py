@@ -13,7 +13,7 @@ from mp4sr.data import leave_one_out, train_batches
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch, eval_batches
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model
-from mp4sr.models.mp4sr import ItemTable
+from mp4sr.models.items import ItemTable
 from mp4sr.train import Trainer
 
 BASELINES = ["gru4rec", "bert4rec", "sasrecm", "fdsa", "cl4srec", "unisrec"]

@@ -12,7 +12,7 @@ from mp4sr.data.readers import from_interactions
 from mp4sr.errors import ConfigError
 from mp4sr.models import REGISTRY, ModelContext, build_model
 from mp4sr.models.base import reads_content
-from mp4sr.models.mp4sr import ItemTable
+from mp4sr.models.items import ItemTable
 
 N_ITEMS = 20
 CONTENT_MODELS = sorted(name for name, cls in REGISTRY.items() if reads_content(cls))

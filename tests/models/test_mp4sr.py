@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
 from mp4sr.models import ModelContext, build_model
-from mp4sr.models.mp4sr import ItemTable, cmcl_loss, info_nce, item_dropout
+from mp4sr.models.items import ItemTable
+from mp4sr.models.mp4sr import cmcl_loss
+from mp4sr.models.pretraining import info_nce, item_dropout
 
 N_ITEMS, DIM, K = 30, 12, 3
 

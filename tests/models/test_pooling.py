@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mp4sr.models import ModelContext, build_model
-from mp4sr.models.mp4sr import AttentionPooling, ItemTable
+from mp4sr.models.items import AttentionPooling, ItemTable
 
 TARGET = torch.tensor([0.45, 0.45, 0.10])  # x and -x both above the zero vector
 

@@ -65,7 +65,7 @@ def test_sampled_loss_trains_and_matches_full_softmax_with_every_item_a_candidat
     n_items, dims = 30, 8
     features = None
     if model == "mp4sr":
-        from mp4sr.models.mp4sr import ItemTable
+        from mp4sr.models.items import ItemTable
 
         features = {m: ItemTable(torch.randn(n_items, 2, dims), torch.ones(n_items, 2, dtype=torch.bool))
                     for m in ("text", "image")}

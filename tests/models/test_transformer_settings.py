@@ -7,7 +7,7 @@ from mp4sr.data.batching import IGNORE, SequenceBatch
 from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model
 from mp4sr.models.layers import CausalTransformer
-from mp4sr.models.mp4sr import ItemTable
+from mp4sr.models.items import ItemTable
 
 TRANSFORMER_MODELS = ["mp4sr", "unisrec", "sasrec", "sasrecm", "fdsa", "bert4rec", "cl4srec"]
 N_ITEMS = 12

@@ -5,7 +5,7 @@ import torch
 
 from mp4sr.config import TrainSettings
 from mp4sr.models import ModelContext, build_model
-from mp4sr.models.mp4sr import ItemTable
+from mp4sr.models.items import ItemTable
 from mp4sr.train.optim import make_optimizer
 
 N_ITEMS = 20

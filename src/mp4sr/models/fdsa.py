@@ -1,11 +1,11 @@
 """FDSA (Zhang et al., IJCAI 2019): feature-level and item-level self-attention, concatenated.
 
 Two causal transformers: the item-level one over ID embeddings (SASRec's), the feature-level one
-over each item's content, where an item's modalities (here the projected, mean-pooled text and image
-vectors) are merged by vanilla attention. The outputs at each position are concatenated and mapped
-back to the hidden size (Linear 2H -> H, LayerNorm, dropout), then scored against the ID embeddings
-with CE over all items. RecBole / UniSRec-baseline defaults: hidden 64, 2 layers, 2 heads, FFN 256,
-hidden and attention dropout 0.5.
+over each item's content, where an item's modalities (the content parts of ``models.items``: by
+default the projected, mean-pooled text and image vectors) are merged by vanilla attention. The
+outputs at each position are concatenated and mapped back to the hidden size (Linear 2H -> H,
+LayerNorm, dropout), then scored against the ID embeddings with CE over all items. RecBole /
+UniSRec-baseline defaults: hidden 64, 2 layers, 2 heads, FFN 256, hidden and attention dropout 0.5.
 """
 
 from __future__ import annotations
@@ -17,18 +17,19 @@ from torch import nn
 from mp4sr.data.batching import PAD, SequenceBatch
 from mp4sr.errors import ConfigError
 from mp4sr.models.base import ContentModel, ModelContext, register
+from mp4sr.models.items import AttentionPooling, ContentProjection, PoolScorer, feature_tables
 from mp4sr.models.layers import CausalTransformer, init_weights
-from mp4sr.models.mp4sr import AttentionPooling, PoolScorer
 from mp4sr.models.sasrec import SASRec
-from mp4sr.models.sasrecm import ContentProjection, SASRecMConfig, feature_tables
+from mp4sr.models.sasrecm import SASRecMConfig
 
 
 class FDSAConfig(SASRecMConfig):
-    """SASRec's settings, the modalities, and the score of the vanilla attention over them."""
+    """SASRecM's settings (the modalities and their content part); ``pool_scorer`` also scores the vanilla
+    attention over the modalities."""
 
     pool_scorer: PoolScorer = Field(
-        "linear", description="vanilla attention score: 'linear' (two Linear layers, as MP4SR's pooling) or 'mlp' "
-        "(RecBole's VanillaAttention: a ReLU between them)")
+        "linear", description="score of the vanilla attention over the modalities (and of an attention pooling): "
+        "'linear' (two Linear layers, as MP4SR's pooling) or 'mlp' (RecBole's VanillaAttention: a ReLU between them)")
 
 
 @register
@@ -44,7 +45,7 @@ class FDSA(ContentModel, SASRec):
             raise ConfigError("fdsa scores items by their ID embeddings (its item-level branch): "
                               "params.id_embedding must stay true")
         super().__init__(config, context)  # the item-level branch
-        self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden)
+        self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden, config)
         self.modalities = list(self.content.modalities)
         # vanilla attention over the modalities
         self.feature_attention = AttentionPooling(config.hidden, config.hidden, config.pool_scorer)

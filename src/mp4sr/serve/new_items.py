@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mp4sr.errors import ConfigError, DataError, MP4SRError
-from mp4sr.models import ItemTable
+from mp4sr.models.items import ItemTable
 
 AUTO = "auto"
 

@@ -26,8 +26,9 @@ from mp4sr.data import Dataset, Sequences, leave_one_out, load_dataset
 from mp4sr.data.batching import SequenceBatch, gather_windows
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.evaluate import topk_items
-from mp4sr.models import REGISTRY, ItemTable, ModelContext, build_model, model_class
+from mp4sr.models import REGISTRY, ModelContext, build_model, model_class
 from mp4sr.models.base import ContentModel, can_add_items, reads_content
+from mp4sr.models.items import ItemTable
 from mp4sr.files import atomic_save
 from mp4sr.serve.display import ItemDisplay
 from mp4sr.serve.errors import DuplicateItemsError, UnknownItemsError, UnsupportedError
