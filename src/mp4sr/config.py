@@ -6,6 +6,7 @@ Layers, later wins: defaults < YAML file < ``--set key=value`` overrides (dotted
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,18 +111,37 @@ class EvalSettings(Section):
     )
 
 
-class FeatureSettings(Section):
-    """Which item features content-based models use (see `mp4sr features`)."""
+AUTO = "auto"  # a feature setting left to the data: shipped vectors, else the default encoder
+ImageMode = Literal["embed", "keywords"]
+TextPooling = Literal["auto", "cls", "mean"]
 
-    text: str | None = Field("auto", description="'auto', an encoder name or folder, or null for none")
-    image: str | None = Field("auto", description="'auto', 'efficientnet-lite0', a CLIP folder, or null")
-    image_mode: Literal["embed", "keywords"] = Field(
+
+class FeatureSettings(Section):
+    """Which item features content-based models read, and how they are made: the one form of these
+    settings, for training (``features.*``), `mp4sr features` (its options) and the Python API
+    (``mp4sr.features.feature_stores``). Each setting that picks or shapes a store is here; how one
+    call runs (shards, progress) is not."""
+
+    text: str | None = Field(AUTO, description="'auto', an encoder name or folder, or null for none")
+    image: str | None = Field(AUTO, description="'auto', 'efficientnet-lite0', a CLIP folder, or null")
+    image_mode: ImageMode = Field(
         "embed", description="'embed': image vectors; 'keywords': the words an image model sees, as text vectors")
-    image_from: str | None = Field("auto", description="a dataset whose image vectors to join by item id")
+    image_from: str | None = Field(AUTO, description="a dataset whose image vectors to join by item id")
     max_vectors: int = Field(10, ge=1, description="vectors kept per item (sentences, fields, images)")
     text_vectors: str | None = Field(None, description="precomputed text vectors to import instead: a .parquet/.npz "
                                      "keyed by item id, a folder of <id>.pth|.npy files, or a matrix in item order")
     image_vectors: str | None = Field(None, description="precomputed image vectors to import instead (same forms)")
+    text_pooling: TextPooling = Field(AUTO, description="pooling of a plain Hugging Face text encoder folder: 'cls' "
+                                      "or 'mean' ('auto': a sentence-transformers model's own, else mean)")
+    n_keywords: int = Field(15, ge=1, description="words kept per image in image_mode 'keywords'")
+    vocabulary: str | list[str] | None = Field(None, description="words (or a file of them, one a line) a CLIP "
+                                               "image encoder picks keywords from; null: the ImageNet classes")
+    dtype: Literal["float16", "float32"] = Field("float16", description="how stored vectors are kept on disk")
+
+    @field_validator("text", "image", "image_from", "text_vectors", "image_vectors", "vocabulary", mode="before")
+    @classmethod
+    def _path_as_text(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
 
 class RunConfig(Section):
