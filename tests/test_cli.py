@@ -149,3 +149,9 @@ def test_features_options_fall_back_to_the_settings_defaults(monkeypatch):
                         ("--image-mode", defaults.image_mode), ("--dtype", defaults.dtype),
                         ("--text-encoder", defaults.text), ("--image-from", defaults.image_from)):
         assert re.search(rf"{flag} [^│]*\(default: {value}\)", page), flag
+
+
+def test_a_typo_in_params_fails_before_anything_runs(tmp_path):
+    result = runner.invoke(app, ["train", "--model", "sasrec", "--set", "params.hiden=3", "--out", str(tmp_path / "t")])
+    assert result.exit_code != 0 and not (tmp_path / "t").exists()
+    assert "params.hiden: sasrec has no such setting (did you mean params.hidden?)" in str(result.exception)

@@ -98,12 +98,11 @@ def train(
 ) -> None:
     """Train and evaluate one model; writes metrics.json, best.pt, last.pt, epochs.jsonl and config.yaml."""
     from mp4sr.config import RunConfig, build_config
-    from mp4sr.models.base import parse_model_config
     from mp4sr.stages import check_overrides
     from mp4sr.train import train_run
 
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
-    stage = getattr(parse_model_config(cfg.model, cfg.params), "stage", None)  # models with a pre-training stage
+    stage = getattr(cfg.parsed_params, "stage", None)  # models with a pre-training stage
     if stage is not None:
         check_overrides(cfg.model, stage, [kv for kv in set_ or [] if not kv.startswith("params.stage=")], "`mp4sr train`")
     if resume and out is None:

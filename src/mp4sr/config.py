@@ -6,12 +6,13 @@ Layers, later wins: defaults < YAML file < ``--set key=value`` overrides (dotted
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mp4sr.errors import ConfigError
 
@@ -153,6 +154,40 @@ class RunConfig(Section):
     features: FeatureSettings = Field(default_factory=FeatureSettings, description="item vectors of content models")
     train: TrainSettings = Field(default_factory=TrainSettings, description="optimisation and early stopping")
     eval: EvalSettings = Field(default_factory=EvalSettings, description="the full-ranking evaluation")
+    _parsed_params: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _params_fit_the_model(self) -> "RunConfig":
+        """``params`` are checked against the model's Config as the config is built, so that a typo fails
+        before any data is read; they stay a plain dict in the dumped YAML (stored configs and run keys
+        do not change)."""
+        from mp4sr.models import model_class  # the models import torch: only when a config is built
+
+        config = model_class(self.model).Config
+        try:
+            self._parsed_params = config(**self.params)
+        except ValidationError as e:
+            raise params_error(self.model, e, config.model_fields) from None
+        return self
+
+    @property
+    def parsed_params(self) -> Any:
+        """``params`` as the model's typed Config (its defaults filled in)."""
+        return self._parsed_params
+
+
+def params_error(model: str, error: ValidationError, known: Any) -> ConfigError:
+    """A model's settings that do not validate, each named as the ``params.<key>`` a user wrote."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(["params", *map(str, problem["loc"])])
+        if problem["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(problem["loc"][-1]), list(known), n=1)
+            lines.append(f"  {key}: {model} has no such setting" + (f" (did you mean params.{close[0]}?)" if close else ""))
+        else:
+            lines.append(f"  {key}={problem['input']!r}: {problem['msg']}")
+    return ConfigError(f"invalid settings for model {model!r}:\n" + "\n".join(lines)
+                       + f"\n(its settings: `mp4sr config --show --model {model}`)")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
