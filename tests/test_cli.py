@@ -1,4 +1,5 @@
 import json
+import re
 
 import yaml
 
@@ -123,3 +124,34 @@ def test_features_reads_a_table_with_its_column_names(tmp_path):
     assert "text: no store (skipped)" in result.output
     result = runner.invoke(app, [*base, "--set", "features.text=null"])
     assert result.exit_code != 0 and "data.* settings" in str(result.exception)
+
+
+def test_features_options_fall_back_to_the_settings_defaults(monkeypatch):
+    """`mp4sr features` builds one FeatureSettings from the options given and passes it on as it is;
+    an option not given takes the setting's default, which its help shows."""
+    import mp4sr.features
+    from mp4sr.config import FeatureSettings
+
+    seen = []
+    monkeypatch.setattr(mp4sr.features, "run_features", lambda dataset, settings, **how: seen.append(settings))
+    result = runner.invoke(app, ["features", "--no-image"])
+    assert result.exit_code == 0, result.output
+    assert seen.pop() == FeatureSettings(image=None)
+    result = runner.invoke(app, ["features", "--keywords", "7", "--image-mode", "keywords", "--vocabulary", "words.txt"])
+    assert result.exit_code == 0, result.output
+    assert seen.pop() == FeatureSettings(n_keywords=7, image_mode="keywords", vocabulary="words.txt")
+    result = runner.invoke(app, ["features", "--image-mode", "words"])
+    assert result.exit_code != 0 and "image_mode" in str(result.exception) and not seen
+
+    page = " ".join(runner.invoke(app, ["features", "--help"], env={"COLUMNS": "300"}).output.split())
+    defaults = FeatureSettings()
+    for flag, value in (("--keywords", defaults.n_keywords), ("--max-vectors", defaults.max_vectors),
+                        ("--image-mode", defaults.image_mode), ("--dtype", defaults.dtype),
+                        ("--text-encoder", defaults.text), ("--image-from", defaults.image_from)):
+        assert re.search(rf"{flag} [^│]*\(default: {value}\)", page), flag
+
+
+def test_a_typo_in_params_fails_before_anything_runs(tmp_path):
+    result = runner.invoke(app, ["train", "--model", "sasrec", "--set", "params.hiden=3", "--out", str(tmp_path / "t")])
+    assert result.exit_code != 0 and not (tmp_path / "t").exists()
+    assert "params.hiden: sasrec has no such setting (did you mean params.hidden?)" in str(result.exception)

@@ -6,9 +6,9 @@ from mp4sr.errors import ConfigError
 
 def test_layers_later_wins(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("model: pop\ntrain:\n  lr: 0.01\n  epochs: 3\nparams:\n  hidden: 32\n")
+    f.write_text("model: sasrec\ntrain:\n  lr: 0.01\n  epochs: 3\nparams:\n  hidden: 32\n")
     cfg = build_config(RunConfig, f, ["train.lr=1e-4", "params.layers=3"], dataset="x")
-    assert (cfg.model, cfg.dataset, cfg.train.lr, cfg.train.epochs) == ("pop", "x", 1e-4, 3)
+    assert (cfg.model, cfg.dataset, cfg.train.lr, cfg.train.epochs) == ("sasrec", "x", 1e-4, 3)
     assert cfg.params == {"hidden": 32, "layers": 3}
 
 
@@ -21,3 +21,26 @@ def test_bad_settings_are_named(tmp_path):
         build_config(RunConfig, None, ["train.valid_metric=auc"])
     with pytest.raises(ConfigError, match="not found"):
         build_config(RunConfig, tmp_path / "missing.yaml")
+
+
+def test_params_are_checked_against_the_model_when_the_config_is_built():
+    cfg = build_config(RunConfig, None, ["params.hidden=32"], model="sasrec")
+    assert cfg.parsed_params.hidden == 32 and cfg.parsed_params.layers == type(cfg.parsed_params)().layers
+    assert cfg.model_dump(mode="json")["params"] == {"hidden": 32}  # stored configs and run keys: the dict given
+    with pytest.raises(ConfigError, match=r"params\.hiden: sasrec has no such setting \(did you mean params\.hidden\?\)"):
+        build_config(RunConfig, None, ["params.hiden=3"], model="sasrec")
+    with pytest.raises(ConfigError, match=r"model 'sasrec':\n  params\.hidden='abc': Input should be a valid integer"):
+        build_config(RunConfig, None, ["params.hidden=abc"])
+    with pytest.raises(ConfigError, match="params.hidden: pop has no such setting"):  # another model's setting
+        build_config(RunConfig, None, ["params.hidden=32"], model="pop")
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        RunConfig(model="nope")
+
+
+def test_config_imports_no_model_code():
+    """Building the command line reads config.py: the models (and torch) load only when a config is built."""
+    import subprocess
+    import sys
+
+    code = "import sys, mp4sr.config, mp4sr.cli; assert 'torch' not in sys.modules and 'mp4sr.models' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,12 +6,13 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from mp4sr.config import FeatureSettings, build_config
 from mp4sr.errors import MP4SRError
 
 if TYPE_CHECKING:
@@ -100,13 +101,13 @@ def train(
 ) -> None:
     """Train and evaluate one model; writes metrics.json, best.pt, last.pt, epochs.jsonl and config.yaml."""
     from mp4sr.config import RunConfig, build_config
-    from mp4sr.models.base import is_pretrainable, parse_model_config
+    from mp4sr.models.base import is_pretrainable
     from mp4sr.stages import check_overrides
     from mp4sr.train import train_run
 
     cfg: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
     if is_pretrainable(cfg.model):  # the stage in its params.stage: refuse what only the other stage reads
-        stage = parse_model_config(cfg.model, cfg.params).stage
+        stage = cfg.parsed_params.stage
         check_overrides(cfg.model, stage, [kv for kv in set_ or [] if not kv.startswith("params.stage=")], "`mp4sr train`")
     if resume and out is None:
         raise MP4SRError("--resume needs --out: the folder of the run to continue")
@@ -266,26 +267,66 @@ def tune(
     console.print(f"best config: {result.best_file}  (mp4sr train --config {result.best_file})")
 
 
+def _feature_option(name: str, flag: str, help: str | None = None) -> Any:
+    """The option of `mp4sr features` for ``FeatureSettings.<name>``: None unless given, so that the
+    setting's own default applies (and is shown in the help)."""
+    field = FeatureSettings.model_fields[name]
+    default = "" if field.default is None else f" (default: {field.default})"
+    return typer.Option(None, flag, help=f"{help or field.description}{default}.")
+
+
+TextEncoderOpt = _feature_option("text", "--text-encoder", "sentence-transformers name or folder, or a HF encoder "
+                                 "folder ('auto': the dataset's shipped vectors, else all-MiniLM-L6-v2)")
+ImageEncoderOpt = _feature_option("image", "--image-encoder", "'efficientnet-lite0' or a CLIP folder ('auto': the "
+                                  "dataset's shipped vectors, else efficientnet-lite0 on its image files)")
+ImageModeOpt = _feature_option("image_mode", "--image-mode", "embed | keywords")
+ImageFromOpt = _feature_option("image_from", "--image-from", "dataset whose image vectors to join by item id "
+                               "('auto': <name>-mm when present; 'none': no other)")
+MaxVectorsOpt = _feature_option("max_vectors", "--max-vectors")
+TextPoolingOpt = _feature_option("text_pooling", "--text-pooling", "auto | cls | mean (plain HF encoder folders)")
+KeywordsOpt = _feature_option("n_keywords", "--keywords")
+VocabularyOpt = _feature_option("vocabulary", "--vocabulary", "word list for CLIP keywords (default: ImageNet classes)")
+DtypeOpt = _feature_option("dtype", "--dtype", "float16 | float32")
+TextVectorsOpt = _feature_option(
+    "text_vectors", "--text-vectors", "import these text vectors: a .parquet/.npz keyed by item id, a folder of "
+    "<id>.pth|.npy files, or a .npy/raw float32 matrix in the dataset's item order (train with --set "
+    "features.text_vectors=PATH)")
+ImageVectorsOpt = _feature_option("image_vectors", "--image-vectors", "import these image vectors (the same forms; "
+                                  "train with --set features.image_vectors=PATH)")
+NoTextOpt = typer.Option(False, "--no-text", help="No text store.")
+NoImageOpt = typer.Option(False, "--no-image", help="No image store.")
+
+
+def _feature_settings(no_text: bool, no_image: bool, **given: Any) -> FeatureSettings:
+    """The FeatureSettings of `mp4sr features` options: those given over the defaults."""
+    values = {name: value for name, value in given.items() if value is not None}
+    if no_text:
+        values["text"] = None
+    if no_image:
+        values["image"] = None
+    return build_config(FeatureSettings, base=values)
+
+
 @app.command()
 def features(
     dataset: Optional[str] = RunDatasetOpt,
     config: Optional[Path] = DataConfigOpt,
     set_: Optional[list[str]] = DataSetOpt,
-    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="sentence-transformers name or folder, or a HF encoder folder (default all-MiniLM-L6-v2)."),
-    image_encoder: Optional[str] = typer.Option(None, "--image-encoder", help="'efficientnet-lite0' (default) or a CLIP folder."),
-    image_mode: str = typer.Option("embed", "--image-mode", help="embed | keywords"),
-    image_from: Optional[str] = typer.Option("auto", "--image-from", help="dataset whose image vectors to join by item id ('auto': <name>-mm when present)."),
+    text_encoder: Optional[str] = TextEncoderOpt,
+    image_encoder: Optional[str] = ImageEncoderOpt,
+    image_mode: Optional[str] = ImageModeOpt,
+    image_from: Optional[str] = ImageFromOpt,
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: compute part I of N, I counted from 0 (0/2 and 1/2; merge with features-merge)."),
-    max_vectors: int = typer.Option(10, "--max-vectors", help="vectors kept per item."),
-    no_text: bool = typer.Option(False, "--no-text"),
-    no_image: bool = typer.Option(False, "--no-image"),
-    text_pooling: str = typer.Option("auto", "--text-pooling", help="auto | cls | mean (plain HF encoder folders)"),
-    keywords: int = typer.Option(15, "--keywords", help="words kept per image in keywords mode"),
-    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", help="word list for CLIP keywords (default: ImageNet classes)"),
-    dtype: str = typer.Option("float16", "--dtype", help="float16 | float32"),
-    text_vectors: Optional[Path] = typer.Option(None, "--text-vectors", help="import these text vectors: a .parquet/.npz keyed by item id, a folder of <id>.pth|.npy files, or a .npy/raw float32 matrix in the dataset's item order (train with --set features.text_vectors=PATH)."),
-    image_vectors: Optional[Path] = typer.Option(None, "--image-vectors", help="import these image vectors (the same forms; train with --set features.image_vectors=PATH)."),
+    max_vectors: Optional[int] = MaxVectorsOpt,
+    no_text: bool = NoTextOpt,
+    no_image: bool = NoImageOpt,
+    text_pooling: Optional[str] = TextPoolingOpt,
+    keywords: Optional[int] = KeywordsOpt,
+    vocabulary: Optional[Path] = VocabularyOpt,
+    dtype: Optional[str] = DtypeOpt,
+    text_vectors: Optional[Path] = TextVectorsOpt,
+    image_vectors: Optional[Path] = ImageVectorsOpt,
 ) -> None:
     """Compute (or import) item text and image vectors into the feature cache.
 
@@ -296,20 +337,20 @@ def features(
     from mp4sr.features import run_features, run_features_merge
     from mp4sr.train import distributed
 
-    settings = dict(no_text=no_text, no_image=no_image, echo=typer.echo, image_from=image_from, text_pooling=text_pooling,
-                    n_keywords=keywords, vocabulary=vocabulary, dtype=dtype, text_vectors=text_vectors,
-                    image_vectors=image_vectors)
+    settings = _feature_settings(no_text, no_image, text=text_encoder, image=image_encoder, image_mode=image_mode,
+                                 image_from=image_from, max_vectors=max_vectors, text_pooling=text_pooling,
+                                 n_keywords=keywords, vocabulary=vocabulary, dtype=dtype, text_vectors=text_vectors,
+                                 image_vectors=image_vectors)
     one_shard_per_process = shard is None and distributed.launched()
     if one_shard_per_process:
         distributed.init_from_env(timeout=timedelta(days=2))  # gloo: only barriers; shards may take long
         shard = f"{distributed.rank()}/{distributed.world_size()}"
     items = _feature_dataset(dataset, config, set_)
-    run_features(items, text_encoder, image_encoder, image_mode, shard, max_vectors, **settings)
+    run_features(items, settings, shard=shard, echo=typer.echo)
     if one_shard_per_process:
         distributed.barrier()
         if distributed.is_main():
-            run_features_merge(items, text_encoder=text_encoder, image_encoder=image_encoder,
-                               image_mode=image_mode, max_vectors=max_vectors, **settings)
+            run_features_merge(items, settings=settings, echo=typer.echo)
 
 
 @app.command("features-merge")
@@ -318,25 +359,25 @@ def features_merge(
     parts: Optional[list[Path]] = typer.Argument(None, help="'.partial' folders copied from other machines."),
     config: Optional[Path] = DataConfigOpt,
     set_: Optional[list[str]] = DataSetOpt,
-    text_encoder: Optional[str] = typer.Option(None, "--text-encoder"),
-    image_encoder: Optional[str] = typer.Option(None, "--image-encoder"),
-    image_mode: str = typer.Option("embed", "--image-mode"),
-    image_from: Optional[str] = typer.Option("auto", "--image-from"),
-    max_vectors: int = typer.Option(10, "--max-vectors"),
-    text_pooling: str = typer.Option("auto", "--text-pooling"),
-    keywords: int = typer.Option(15, "--keywords"),
-    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary"),
-    dtype: str = typer.Option("float16", "--dtype"),
-    no_text: bool = typer.Option(False, "--no-text"),
-    no_image: bool = typer.Option(False, "--no-image"),
+    text_encoder: Optional[str] = TextEncoderOpt,
+    image_encoder: Optional[str] = ImageEncoderOpt,
+    image_mode: Optional[str] = ImageModeOpt,
+    image_from: Optional[str] = ImageFromOpt,
+    max_vectors: Optional[int] = MaxVectorsOpt,
+    text_pooling: Optional[str] = TextPoolingOpt,
+    keywords: Optional[int] = KeywordsOpt,
+    vocabulary: Optional[Path] = VocabularyOpt,
+    dtype: Optional[str] = DtypeOpt,
+    no_text: bool = NoTextOpt,
+    no_image: bool = NoImageOpt,
 ) -> None:
     """Merge the shards of `mp4sr features --shard I/N` into one store (give the options the shards ran with)."""
     from mp4sr.features import run_features_merge
 
-    run_features_merge(_feature_dataset(dataset, config, set_), parts or (), text_encoder=text_encoder,
-                       image_encoder=image_encoder, image_mode=image_mode, max_vectors=max_vectors, echo=typer.echo,
-                       image_from=image_from, text_pooling=text_pooling, n_keywords=keywords, vocabulary=vocabulary,
-                       dtype=dtype, no_text=no_text, no_image=no_image)
+    settings = _feature_settings(no_text, no_image, text=text_encoder, image=image_encoder, image_mode=image_mode,
+                                 image_from=image_from, max_vectors=max_vectors, text_pooling=text_pooling,
+                                 n_keywords=keywords, vocabulary=vocabulary, dtype=dtype)
+    run_features_merge(_feature_dataset(dataset, config, set_), parts or (), settings, echo=typer.echo)
 
 
 @app.command()

@@ -6,11 +6,13 @@ Layers, later wins: defaults < YAML file < ``--set key=value`` overrides (dotted
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from mp4sr.errors import ConfigError
 
@@ -110,18 +112,37 @@ class EvalSettings(Section):
     )
 
 
-class FeatureSettings(Section):
-    """Which item features content-based models use (see `mp4sr features`)."""
+AUTO = "auto"  # a feature setting left to the data: shipped vectors, else the default encoder
+ImageMode = Literal["embed", "keywords"]
+TextPooling = Literal["auto", "cls", "mean"]
 
-    text: str | None = Field("auto", description="'auto', an encoder name or folder, or null for none")
-    image: str | None = Field("auto", description="'auto', 'efficientnet-lite0', a CLIP folder, or null")
-    image_mode: Literal["embed", "keywords"] = Field(
+
+class FeatureSettings(Section):
+    """Which item features content-based models read, and how they are made: the one form of these
+    settings, for training (``features.*``), `mp4sr features` (its options) and the Python API
+    (``mp4sr.features.feature_stores``). Each setting that picks or shapes a store is here; how one
+    call runs (shards, progress) is not."""
+
+    text: str | None = Field(AUTO, description="'auto', an encoder name or folder, or null for none")
+    image: str | None = Field(AUTO, description="'auto', 'efficientnet-lite0', a CLIP folder, or null")
+    image_mode: ImageMode = Field(
         "embed", description="'embed': image vectors; 'keywords': the words an image model sees, as text vectors")
-    image_from: str | None = Field("auto", description="a dataset whose image vectors to join by item id")
+    image_from: str | None = Field(AUTO, description="a dataset whose image vectors to join by item id")
     max_vectors: int = Field(10, ge=1, description="vectors kept per item (sentences, fields, images)")
     text_vectors: str | None = Field(None, description="precomputed text vectors to import instead: a .parquet/.npz "
                                      "keyed by item id, a folder of <id>.pth|.npy files, or a matrix in item order")
     image_vectors: str | None = Field(None, description="precomputed image vectors to import instead (same forms)")
+    text_pooling: TextPooling = Field(AUTO, description="pooling of a plain Hugging Face text encoder folder: 'cls' "
+                                      "or 'mean' ('auto': a sentence-transformers model's own, else mean)")
+    n_keywords: int = Field(15, ge=1, description="words kept per image in image_mode 'keywords'")
+    vocabulary: str | list[str] | None = Field(None, description="words (or a file of them, one a line) a CLIP "
+                                               "image encoder picks keywords from; null: the ImageNet classes")
+    dtype: Literal["float16", "float32"] = Field("float16", description="how stored vectors are kept on disk")
+
+    @field_validator("text", "image", "image_from", "text_vectors", "image_vectors", "vocabulary", mode="before")
+    @classmethod
+    def _path_as_text(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
 
 def _default_model() -> str:
@@ -141,6 +162,40 @@ class RunConfig(Section):
     features: FeatureSettings = Field(default_factory=FeatureSettings, description="item vectors of content models")
     train: TrainSettings = Field(default_factory=TrainSettings, description="optimisation and early stopping")
     eval: EvalSettings = Field(default_factory=EvalSettings, description="the full-ranking evaluation")
+    _parsed_params: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _params_fit_the_model(self) -> "RunConfig":
+        """``params`` are checked against the model's Config as the config is built, so that a typo fails
+        before any data is read; they stay a plain dict in the dumped YAML (stored configs and run keys
+        do not change)."""
+        from mp4sr.models import model_class  # the models import torch: only when a config is built
+
+        config = model_class(self.model).Config
+        try:
+            self._parsed_params = config(**self.params)
+        except ValidationError as e:
+            raise params_error(self.model, e, config.model_fields) from None
+        return self
+
+    @property
+    def parsed_params(self) -> Any:
+        """``params`` as the model's typed Config (its defaults filled in)."""
+        return self._parsed_params
+
+
+def params_error(model: str, error: ValidationError, known: Any) -> ConfigError:
+    """A model's settings that do not validate, each named as the ``params.<key>`` a user wrote."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(["params", *map(str, problem["loc"])])
+        if problem["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(problem["loc"][-1]), list(known), n=1)
+            lines.append(f"  {key}: {model} has no such setting" + (f" (did you mean params.{close[0]}?)" if close else ""))
+        else:
+            lines.append(f"  {key}={problem['input']!r}: {problem['msg']}")
+    return ConfigError(f"invalid settings for model {model!r}:\n" + "\n".join(lines)
+                       + f"\n(its settings: `mp4sr config --show --model {model}`)")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

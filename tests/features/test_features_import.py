@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mp4sr.errors import ConfigError, DataError
-from mp4sr.features import feature_stores, import_vectors, read_item_ids, read_vectors
+from mp4sr.features import FeatureSettings, feature_stores, import_vectors, read_item_ids, read_vectors
 
 
 def test_import_amazon_scientific_mm_feat_files(scientific_mm):
@@ -171,7 +171,8 @@ def test_features_cli_imports_given_vectors_for_training(tmp_path, scientific_mm
     pd.DataFrame({"item_id": ids[::-1], "vector": list(rng.standard_normal((len(ids), 16)).astype(np.float32))}
                  ).to_parquet(tmp_path / "mine.parquet")
     lines = []
-    stores = run_features(str(scientific_mm.source), no_image=True, text_vectors=tmp_path / "mine.parquet", echo=lines.append)
+    settings = FeatureSettings(image=None, text_vectors=tmp_path / "mine.parquet")
+    stores = run_features(str(scientific_mm.source), settings, echo=lines.append)
     assert stores["text"].dim == 16 and stores["text"].item_present.all()
     assert "imported from" in lines[0] and "mine.parquet" in lines[0]
     again = feature_stores(scientific_mm, image=None, text_vectors=str(tmp_path / "mine.parquet"))["text"]
@@ -192,7 +193,7 @@ def test_toys_text_and_photos_can_be_encoded_instead_of_imported(shared_data, tm
                          image_paths=[items.image_paths[i] for i in with_photo])
     small = Dataset("toys-six", subset, np.array(["u"], dtype=object), Sequences.from_lists([list(range(6))]),
                     source=toys.source, extras=toys.extras)
-    stores = feature_stores(small, text=minilm, image="efficientnet-lite0", progress=False)
+    stores = feature_stores(small, text_encoder=minilm, image="efficientnet-lite0", progress=False)
     assert stores["text"].manifest["mode"] != "imported" and stores["text"].dim == 384
     has_text = np.array([[bool(subset.fields[f][i]) for f in ("title", "description")] for i in range(6)])
     assert has_text.any() and (stores["text"].mask[:, :2] == has_text).all()  # one vector per field that has text

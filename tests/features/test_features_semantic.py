@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mp4sr.data import ItemCatalogue
-from mp4sr.features import EfficientNetLite0, RunOptions, extract_images, extract_text, run_features
+from mp4sr.features import EfficientNetLite0, FeatureSettings, RunOptions, extract_images, extract_text, run_features
 from mp4sr.paths import CACHE_ENV
 
 TEXT_ITEMS = 200  # enough pairs (860 same-type) at a test's cost
@@ -91,7 +91,7 @@ def test_keywords_are_top_distinct_class_names(hm_image_stores, hm):
 
 def test_run_features_reuses_and_reports(hm_image_stores, hm, session_cache, monkeypatch, capsys):
     monkeypatch.setenv(CACHE_ENV, str(session_cache))
-    stores = run_features(str(hm.folder), no_text=True, image_mode="keywords", progress=False)
+    stores = run_features(str(hm.folder), FeatureSettings(text=None, image_mode="keywords"), progress=False)
     out = capsys.readouterr().out
     assert "text: no store (skipped)" in out
     assert "image: efficientnet-lite0 [keywords] reused" in out and "100/1,000 items present" in out

@@ -151,6 +151,25 @@ def test_transductive_added_item_is_scored_from_content():
     assert scores.shape == (1, N_ITEMS + 1) and torch.isfinite(scores).all()
 
 
+def test_switching_off_cmcl_removes_exactly_its_term():
+    """loss(cmcl on) - loss(cmcl off) = cmcl_weight * CMCL of the last positions' text and image outputs,
+    on the same batch with the same weights (eval mode: no item dropout, mixup or dropout draws)."""
+    weight = 0.5
+    on = _model(stage="pretrain", cmcl_weight=weight).eval()
+    off = _model(stage="pretrain", cmcl_weight=weight, cmcl=False).eval()
+    assert all(torch.equal(a, b) for a, b in zip(on.state_dict().values(), off.state_dict().values()))
+    batch = _batch([[0, 1, 2, 3], [4, 6, 7], [8, 9], [5, 6, 7], [10, 11, 12, 13, 14]])  # rows 1 and 3 share their target
+    with torch.no_grad():
+        difference = on.pretrain_loss(batch) - off.pretrain_loss(batch)
+        real = batch.tokens > 0
+        z = {m: on.item_reps(m) for m in ("text", "image")}
+        h = on._encode({m: z[m][(batch.tokens - 1).clamp(min=0)] for m in z}, real, None)
+        last = torch.arange(len(batch.lengths)), batch.lengths - 1
+        expected = weight * cmcl_loss(h["text"][last], h["image"][last], batch.targets[last], on.config.tau)
+    assert expected.item() > 0.1
+    assert difference.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_ablation_switches_build_and_train():
     for params in ({"modalities": ["text"]}, {"modalities": ["image"]}, {"nip": False},
                    {"cmcl": False}, {"mixup": False}):

@@ -58,7 +58,7 @@ from mp4sr.config import RunConfig, build_config, deep_merge, parse_overrides, r
 from mp4sr.errors import ConfigError
 from mp4sr.experiment.search import SearchSpec, point_label, point_tree
 from mp4sr.models import DEFAULT_PRETRAINABLE
-from mp4sr.models.base import Stage, parse_model_config
+from mp4sr.models.base import Stage
 from mp4sr.stages import stage_defaults
 
 STAGE_SECTIONS = ("params", "train", "data", "features", "eval", "init_from")
@@ -359,8 +359,7 @@ def _planned(entry: EntrySpec, stage: Stage, layers: list[dict], dataset: Datase
         fixed["eval"] = {"test_both_protocols": True}
     if pre is not None:
         fixed["init_from"] = str(runs_dir / pre.key / "best.pt")
-    config: RunConfig = build_config(RunConfig, base=deep_merge(tree, fixed))
-    parse_model_config(config.model, config.params)  # a typo in params fails now, not hours later
+    config: RunConfig = build_config(RunConfig, base=deep_merge(tree, fixed))  # a typo in params fails now
     key = run_key(config, dataset, pre.key if pre else None)
     return PlannedRun(key, stage, config, dataset, seed, entry.name, point, pre.key if pre else None)
 

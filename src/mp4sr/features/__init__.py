@@ -11,7 +11,8 @@ Heavy libraries (torch, transformers, sentence-transformers) are imported only w
 actually run, so reusing stored features is fast.
 """
 
-from mp4sr.features.api import Settings, dataset_features, feature_stores, run_features, run_features_merge
+from mp4sr.config import AUTO, FeatureSettings
+from mp4sr.features.api import dataset_features, feature_stores, run_features, run_features_merge
 from mp4sr.features.catalogue import ItemSource, catalogue_from_table, load_items
 from mp4sr.features.chunks import Shard
 from mp4sr.features.extract import RunOptions, extract_images, extract_text, merge_shards
@@ -21,7 +22,7 @@ from mp4sr.features.store import FeatureStore, store_dir
 from mp4sr.features.text import PooledHFEncoder, SentenceTransformerEncoder, TextEncoder, item_sentences, load_text_encoder
 
 __all__ = [
-    "FeatureStore", "store_dir", "feature_stores", "dataset_features", "run_features", "run_features_merge", "Settings",
+    "FeatureStore", "store_dir", "feature_stores", "dataset_features", "run_features", "run_features_merge", "FeatureSettings", "AUTO",
     "ItemSource", "catalogue_from_table", "load_items", "Shard", "RunOptions", "extract_text",
     "extract_images", "merge_shards", "import_vectors", "read_vectors", "read_item_ids",
     "TextEncoder", "SentenceTransformerEncoder", "PooledHFEncoder", "load_text_encoder", "item_sentences",

@@ -9,73 +9,74 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from mp4sr.config import FeatureSettings
+from mp4sr.config import AUTO, FeatureSettings, build_config
 from mp4sr.data import Dataset, VectorFiles, find_dataset
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.features.catalogue import ItemSource, load_items
 from mp4sr.features.chunks import Shard
 from mp4sr.features.extract import RunOptions, extract_images, extract_text
-from mp4sr.features.images import MODES
 from mp4sr.features.importing import VectorSource, import_vectors, source_name
 from mp4sr.features.store import FeatureStore
 from mp4sr.features.text import TextEncoder
 
 log = logging.getLogger(__name__)
-AUTO = "auto"
 
 
-@dataclass
-class Settings:
-    """Everything that picks and shapes the stores of a dataset (shared by both modalities)."""
+@dataclass(frozen=True)
+class _Call:
+    """How one call runs, beside its FeatureSettings (none of this changes the vectors)."""
 
-    text: str | TextEncoder | None = AUTO  # 'auto', an encoder (name, folder or object), or None for none
-    image: str | None = AUTO  # 'auto', 'efficientnet-lite0', a CLIP folder, or None
-    image_mode: str = "embed"
-    image_from: str | None = AUTO  # a dataset whose precomputed image vectors to join by item id
-    text_vectors: str | Path | None = None  # precomputed vectors to import (see importing.py), over all else
-    image_vectors: str | Path | None = None
-    max_vectors: int = 10
-    text_pooling: str = AUTO
-    n_keywords: int = 15
-    vocabulary: str | Path | Sequence[str] | None = None
-    dtype: str = "float16"
     shard: Shard | None = None
     merge_parts: Sequence[Path] | None = None
     progress: bool = True
+    text_encoder: TextEncoder | None = None  # an encoder object in place of the settings' text (Python API)
 
-    def options(self, chunk_size: int) -> RunOptions:
+    def options(self, settings: FeatureSettings, chunk_size: int) -> RunOptions:
         return RunOptions(chunk_size=chunk_size, shard=self.shard, merge_parts=self.merge_parts,
-                          dtype=self.dtype, progress=self.progress)
+                          dtype=settings.dtype, progress=self.progress)
+
+    def text(self, settings: FeatureSettings) -> str | TextEncoder | None:
+        """'auto', an encoder (name, folder or object), or None for no text store."""
+        return self.text_encoder if self.text_encoder is not None else settings.text
+
+
+def with_changes(settings: FeatureSettings | None, changes: dict[str, Any]) -> FeatureSettings:
+    """``settings`` (default: the defaults) with some of its fields changed, validated."""
+    if not changes:
+        return settings or FeatureSettings()
+    base = settings.model_dump() if settings is not None else {}
+    return build_config(FeatureSettings, base={**base, **changes})
 
 
 Outcome = tuple[FeatureStore | None, str]  # the store (None: none, or this shard is done) and what happened
 
 
-def _text_store(src: ItemSource, s: Settings) -> Outcome:
-    if s.text is None:
+def _text_store(src: ItemSource, s: FeatureSettings, call: _Call) -> Outcome:
+    text = call.text(s)
+    if text is None:
         return None, "skipped"
     if s.text_vectors is not None:
-        return _import_given(src, "text", s.text_vectors, s)
-    if s.text == AUTO and "text_vectors" in src.extras:
-        return _import_shipped(src, "text", s)
+        return _import_given(src, "text", s.text_vectors, s, call)
+    if text == AUTO and "text_vectors" in src.extras:
+        return _import_shipped(src, "text", s, call)
     cat = src.catalogue
     if not (cat.fields or (cat.text and any(t.strip() for t in cat.text))):
-        if s.text != AUTO:
+        if text != AUTO:
             raise DataError(f"the items of {src.name!r} have no text to encode")
         return None, "no item text in this dataset"
-    store = extract_text(cat, src.name, None if s.text == AUTO else s.text, split=src.text_split,
-                         max_vectors=s.max_vectors, pooling=s.text_pooling, options=s.options(1024))
+    store = extract_text(cat, src.name, None if text == AUTO else text, split=src.text_split,
+                         max_vectors=s.max_vectors, pooling=s.text_pooling, options=call.options(s, 1024))
     return store, "extracted"
 
 
-def _import_shipped(src: ItemSource, modality: str, s: Settings) -> Outcome:
+def _import_shipped(src: ItemSource, modality: str, s: FeatureSettings, call: _Call) -> Outcome:
     """The vectors that came with the dataset (a matrix file or one file per item)."""
-    return _import_given(src, modality, src.extras[f"{modality}_vectors"], s)
+    return _import_given(src, modality, src.extras[f"{modality}_vectors"], s, call)
 
 
-def _import_given(src: ItemSource, modality: str, source: VectorSource, s: Settings) -> Outcome:
+def _import_given(src: ItemSource, modality: str, source: VectorSource, s: FeatureSettings, call: _Call) -> Outcome:
     store = import_vectors(source, src.catalogue.ids, modality=modality, name=source_name(source), dataset=src.name,
-                           dtype=s.dtype, progress=s.progress)
+                           dtype=s.dtype, progress=call.progress)
     return store, f"imported from {store.manifest['source']}"
 
 
@@ -99,24 +100,23 @@ def _sibling_vectors(src: ItemSource, image_from: str | None) -> tuple[VectorSou
     return sibling.extras["image_vectors"], [str(i) for i in sibling.catalogue.ids], sibling.name
 
 
-def _image_store(src: ItemSource, s: Settings) -> Outcome:
+def _image_store(src: ItemSource, s: FeatureSettings, call: _Call) -> Outcome:
     if s.image is None:
         return None, "skipped"
     if s.image_vectors is not None:
-        return _import_given(src, "image", s.image_vectors, s)
-    if s.image_mode not in MODES:
-        raise ConfigError(f"image mode {s.image_mode!r}: use one of {', '.join(MODES)}")
+        return _import_given(src, "image", s.image_vectors, s, call)
     paths = src.catalogue.image_paths
     has_files = paths is not None and any(paths)
     if s.image == AUTO and s.image_mode == "embed" and "image_vectors" in src.extras:
-        return _import_shipped(src, "image", s)
+        return _import_shipped(src, "image", s, call)
     if has_files or s.image != AUTO:
         if not has_files:
             raise DataError(f"the items of {src.name!r} have no image files to encode with {s.image!r}")
-        text_encoder = None if s.text is None or s.text == AUTO else s.text  # keywords go to the text store's space
+        text = call.text(s)
+        text_encoder = None if text is None or text == AUTO else text  # keywords go to the text store's space
         store = extract_images(src.catalogue, src.name, None if s.image == AUTO else s.image, mode=s.image_mode,
                                text_encoder=text_encoder, n_keywords=s.n_keywords, vocabulary=s.vocabulary,
-                               max_vectors=s.max_vectors, options=s.options(256))
+                               max_vectors=s.max_vectors, options=call.options(s, 256))
         return store, "extracted"
     found = _sibling_vectors(src, s.image_from) or (
         (src.extras["image_vectors"], None, src.name) if "image_vectors" in src.extras else None)
@@ -128,41 +128,40 @@ def _image_store(src: ItemSource, s: Settings) -> Outcome:
                           f"vectors ({source_name(source)}). Use image_mode 'embed'.")
     store = import_vectors(source, src.catalogue.ids, source_item_ids=None if isinstance(source, VectorFiles) else ids,
                            modality="image", name=f"{origin}-{source_name(source)}", dataset=src.name, dtype=s.dtype,
-                           progress=s.progress)
+                           progress=call.progress)
     return store, f"imported from {store.manifest['source']}, joined on item id"
-
-
-def _build(dataset: str | Path | Dataset | ItemSource, settings: Settings) -> tuple[ItemSource, dict[str, Outcome]]:
-    src = load_items(dataset)
-    return src, {"text": _text_store(src, settings), "image": _image_store(src, settings)}
 
 
 def feature_stores(
     dataset: str | Path | Dataset | ItemSource,
-    text: str | TextEncoder | None = AUTO,
-    image: str | None = AUTO,
-    image_mode: str = "embed",
-    **settings: Any,
+    settings: FeatureSettings | None = None,
+    *,
+    text_encoder: TextEncoder | None = None,
+    shard: str | Shard | None = None,
+    progress: bool = True,
+    **changes: Any,
 ) -> dict[str, FeatureStore | None]:
     """The text and image stores of a dataset, computed or imported on first use and reused after.
 
     Defaults ('auto'): vectors shipped with the dataset (UniSRec .feat1CLS / .feat3CLS) are imported;
     otherwise text is encoded with all-MiniLM-L6-v2 and image files with EfficientNet-Lite0; a dataset
     without images gets the image vectors of its '<name>-mm' sibling (or ``image_from=``) joined on the
-    item id. ``text`` / ``image``: an encoder name or folder, or None for no store. Other keyword
-    settings: see ``Settings``. A value is None when the dataset has nothing for that modality.
+    item id. ``settings``: a FeatureSettings (default: its defaults); ``changes``: fields of it to change,
+    e.g. ``text=None`` (no text store) or ``image='efficientnet-lite0'``. ``text_encoder``: an encoder
+    object to use instead of the settings' text. A value is None when the dataset has nothing for that
+    modality.
     """
-    if "shard" in settings:
-        settings["shard"] = Shard.parse(settings["shard"])
-    _, outcomes = _build(dataset, Settings(text=text, image=image, image_mode=image_mode, **settings))
-    return {modality: store for modality, (store, _) in outcomes.items()}
+    settings = with_changes(settings, changes)
+    call = _Call(shard=Shard.parse(shard), progress=progress, text_encoder=text_encoder)
+    src = load_items(dataset)
+    return {"text": _text_store(src, settings, call)[0], "image": _image_store(src, settings, call)[0]}
 
 
-def describe(modality: str, store: FeatureStore | None, what: str, seconds: float, settings: Settings) -> str:
+def describe(modality: str, store: FeatureStore | None, what: str, seconds: float, shard: Shard | None = None) -> str:
     """One line of `mp4sr features` output."""
     if store is None:
         if what == "extracted":
-            return (f"{modality}: shard {settings.shard} done; when every shard is, "
+            return (f"{modality}: shard {shard} done; when every shard is, "
                     f"run `mp4sr features-merge` with the same options")
         return f"{modality}: no store ({what})"
     m = store.manifest
@@ -173,37 +172,33 @@ def describe(modality: str, store: FeatureStore | None, what: str, seconds: floa
 
 
 def run_features(
-    dataset: str,
-    text_encoder: str | None = None,
-    image_encoder: str | None = None,
-    image_mode: str = "embed",
-    shard: str | None = None,
-    max_vectors: int = 10,
+    dataset: str | Path | Dataset | ItemSource,
+    settings: FeatureSettings | None = None,
     *,
-    no_text: bool = False,
-    no_image: bool = False,
+    shard: str | Shard | None = None,
+    merge_parts: Sequence[Path] | None = None,
+    progress: bool = True,
     echo: Callable[[str], None] = print,
-    **settings: Any,
 ) -> dict[str, FeatureStore | None]:
     """`mp4sr features`: build (or reuse) a dataset's stores and print what was done."""
-    s = Settings(text=None if no_text else (text_encoder or AUTO), image=None if no_image else (image_encoder or AUTO),
-                 image_mode=image_mode, max_vectors=max_vectors, shard=Shard.parse(shard), **settings)
+    settings = settings or FeatureSettings()
+    call = _Call(shard=Shard.parse(shard), merge_parts=merge_parts, progress=progress)
     src = load_items(dataset)
     stores = {}
     for modality, build in (("text", _text_store), ("image", _image_store)):
         started = time.perf_counter()
-        store, what = build(src, s)
-        echo(describe(modality, store, what, time.perf_counter() - started, s))
+        store, what = build(src, settings, call)
+        echo(describe(modality, store, what, time.perf_counter() - started, call.shard))
         stores[modality] = store
     return stores
 
 
-def run_features_merge(dataset: str, parts: Sequence[str | Path] = (), **options: Any) -> dict[str, FeatureStore | None]:
-    """`mp4sr features-merge`: combine the shards' chunks into the stores (the options must be those the
+def run_features_merge(dataset: str | Path | Dataset | ItemSource, parts: Sequence[str | Path] = (),
+                       settings: FeatureSettings | None = None, *, progress: bool = True,
+                       echo: Callable[[str], None] = print) -> dict[str, FeatureStore | None]:
+    """`mp4sr features-merge`: combine the shards' chunks into the stores (``settings`` must be those the
     shards ran with); ``parts`` are '.partial' folders copied from other machines."""
-    if options.get("shard"):
-        raise ConfigError("features-merge takes no --shard: it merges all of them")
-    return run_features(dataset, merge_parts=[Path(p) for p in parts], **options)
+    return run_features(dataset, settings, merge_parts=[Path(p) for p in parts], progress=progress, echo=echo)
 
 
 def dataset_features(settings: FeatureSettings, dataset: Dataset, parts: list[Dataset] | None = None,
@@ -213,20 +208,13 @@ def dataset_features(settings: FeatureSettings, dataset: Dataset, parts: list[Da
     one by one and then joined."""
     from mp4sr.features.store import join_stores
 
-    f = settings
-
-    def stores_of(data: Dataset) -> dict[str, FeatureStore | None]:
-        return feature_stores(data, text=f.text, image=f.image, image_mode=f.image_mode, image_from=f.image_from,
-                              max_vectors=f.max_vectors, text_vectors=f.text_vectors, image_vectors=f.image_vectors,
-                              progress=progress)
-
     if parts and len(parts) > 1:
-        each = [stores_of(part) for part in parts]
+        each = [feature_stores(part, settings, progress=progress) for part in parts]
         sizes = [part.n_items for part in parts]
         stores = {m: join_stores(dataset.name, m, [s[m] for s in each], sizes, dataset.items.ids)
                   for m in ("text", "image")}
     else:
-        stores = stores_of(dataset)
+        stores = feature_stores(dataset, settings, progress=progress)
     found = {m: s for m, s in stores.items() if s is not None}
     for store in found.values():
         store.check_matches(dataset.items.ids)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
+from mp4sr.config import AUTO, FeatureSettings
 from mp4sr.data import ItemCatalogue
 from mp4sr.errors import ConfigError, DataError
 from mp4sr.features.chunks import ChunkResult, Encode, Shard, compute_chunked, partial_dir
@@ -28,6 +29,7 @@ from mp4sr.features.text import TextEncoder, item_sentences, load_text_encoder
 
 log = logging.getLogger(__name__)
 MAX_PROBLEMS_IN_MANIFEST = 100
+DEFAULT = FeatureSettings()  # the defaults of the settings these functions take one by one
 
 
 @dataclass
@@ -54,7 +56,7 @@ class RunOptions:
     chunk_size: int = 1024
     shard: Shard | None = None
     merge_parts: Sequence[Path] | None = None  # not None: merge shards, compute nothing
-    dtype: str = "float16"
+    dtype: str = DEFAULT.dtype
     progress: bool = True
     on_chunk: Callable[[int], None] | None = None
 
@@ -132,9 +134,9 @@ def extract_text(
     dataset: str,
     encoder: str | TextEncoder | None = None,
     *,
-    split: str = "auto",
-    max_vectors: int = 10,
-    pooling: str = "auto",
+    split: str = AUTO,
+    max_vectors: int = DEFAULT.max_vectors,
+    pooling: str = DEFAULT.text_pooling,
     batch_size: int = 64,
     options: RunOptions | None = None,
 ) -> FeatureStore | None:
@@ -222,11 +224,11 @@ def extract_images(
     dataset: str,
     encoder: str | ImageEncoder | None = None,
     *,
-    mode: str = "embed",
+    mode: str = DEFAULT.image_mode,
     text_encoder: str | TextEncoder | None = None,
-    n_keywords: int = 15,
+    n_keywords: int = DEFAULT.n_keywords,
     vocabulary: str | Path | Sequence[str] | None = None,
-    max_vectors: int = 10,
+    max_vectors: int = DEFAULT.max_vectors,
     batch_size: int = 32,
     options: RunOptions | None = None,
 ) -> FeatureStore | None:

@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args
 
 import numpy as np
 
+from mp4sr.config import ImageMode
 from mp4sr.errors import ConfigError, MP4SRError
 from mp4sr.features.text import folder_fingerprint, hf_offline
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
-MODES = ("embed", "keywords")
+MODES = get_args(ImageMode)
 KEYWORD_PROMPT = "a photo of a {}."
 
 

@@ -7,16 +7,18 @@ import os
 import re
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
+from mp4sr.config import TextPooling
 from mp4sr.data import ItemCatalogue
 from mp4sr.errors import ConfigError, MP4SRError
 from mp4sr.features.store import digest
 
 DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 _MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
-POOLINGS = ("auto", "cls", "mean")
+POOLINGS = get_args(TextPooling)
 SPLITS = ("auto", "fields", "unisrec", "sentences", "none")
 
 # A sentence ends at . ! or ? followed by a space and a capital or a digit ("Oz. tube" stays whole).

@@ -18,10 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from mp4sr.config import AUTO, FeatureSettings
 from mp4sr.errors import ConfigError, DataError, MP4SRError
 from mp4sr.models.items import ItemTable
-
-AUTO = "auto"
 
 
 @dataclass
@@ -81,10 +80,11 @@ class NewItem:
 class ModalityEncoder:
     """Turns new items into rows of one modality's ItemTable ([n, k, dim] vectors and [n, k] mask)."""
 
-    def __init__(self, modality: str, manifest: Mapping[str, Any], k: int, dim: int, features=None):
+    def __init__(self, modality: str, manifest: Mapping[str, Any], k: int, dim: int,
+                 features: FeatureSettings | None = None):
         self.modality, self.manifest, self.k, self.dim = modality, dict(manifest), k, dim
         self.mode = str(self.manifest.get("mode", "imported"))
-        self.features = features  # the run's FeatureSettings: which encoder names were asked for
+        self.features = features or FeatureSettings()  # the run's: which encoders were asked for
 
     def encode(self, items: Sequence[NewItem]) -> ItemTable:
         vectors = torch.zeros(len(items), self.k, self.dim)
@@ -158,22 +158,23 @@ class ModalityEncoder:
         if self.mode == "embed":
             return self.image_encoder.embed(pieces)
         if self.mode == "keywords":
-            n = int(self.manifest.get("n_keywords", 15))
+            n = int(self.manifest.get("n_keywords", self.features.n_keywords))
             sentences = [", ".join(words) for words in self.image_encoder.keywords(pieces, n)]
             return self.text_encoder.encode(sentences)
         raise ConfigError(f"cannot encode new items for a {self.modality} store of mode {self.mode!r}")
 
     # ------------------------------------------------------------------ encoders, checked against the manifest
 
-    def _spec(self, name: str) -> str | None:
-        value = getattr(self.features, name, AUTO) if self.features is not None else AUTO
-        return None if value in (None, AUTO) else str(value)
+    @staticmethod
+    def _spec(value: str | None) -> str | None:
+        """An encoder setting as the loaders take it (None: the default encoder)."""
+        return None if value in (None, AUTO) else value
 
     @cached_property
     def text_encoder(self):
         from mp4sr.features.text import load_text_encoder
 
-        encoder = load_text_encoder(self._spec("text"))
+        encoder = load_text_encoder(self._spec(self.features.text))
         key = "encoder_fingerprint" if self.modality == "text" else "text_encoder_fingerprint"
         self._same(encoder, self.manifest.get(key), "text")
         return encoder
@@ -182,7 +183,7 @@ class ModalityEncoder:
     def image_encoder(self):
         from mp4sr.features.images import load_image_encoder
 
-        encoder = load_image_encoder(self._spec("image"))
+        encoder = load_image_encoder(self._spec(self.features.image))
         self._same(encoder, self.manifest.get("encoder_fingerprint"), "image")
         return encoder
 

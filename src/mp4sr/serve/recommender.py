@@ -115,7 +115,7 @@ def _check_feature_vectors(payload: dict[str, Any], stores: dict[str, Any], path
 def _run_config(payload: dict[str, Any], path: Path) -> RunConfig:
     try:
         config = RunConfig(**payload["config"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ConfigError) as e:
         raise DataError(f"the checkpoint's config is not valid for this version of mp4sr: {e}", path) from None
     config.train.progress = False
     return config
