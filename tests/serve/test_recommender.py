@@ -107,7 +107,7 @@ def test_an_added_item_scores_as_if_it_had_been_there_from_the_start(checkpoints
     """Inductive MP4SR (no ID embeddings): an item of the catalogue it was trained with, taken out of the
     tables and added back through the serving path (its vectors as a new item's), gets exactly the
     scores it had, after any history; so do the other items."""
-    from mp4sr.models.mp4sr import ItemTable
+    from mp4sr.models.items import ItemTable
 
     rec = Recommender.load(checkpoints["mp4sr"], dataset=scientific_mm)
     item = str(scientific_mm.items.ids[42])

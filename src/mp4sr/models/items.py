@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import ModelConfig, ModelContext
+from mp4sr.models.base import ExtensibleCatalogue, ModelConfig, ModelContext
 from mp4sr.models.modalities import MODALITIES, choose_modalities, dataset_name
 
 Pooling = Literal["attention", "mean"]
@@ -297,6 +297,34 @@ class ContentEncoders(nn.ModuleDict):
         self.tables = {m: ItemTable(t.vectors.to(device), t.mask.to(device)) for m, t in self.tables.items()}
         self._cache = None
         return out
+
+
+class EncodedCatalogue(ExtensibleCatalogue):
+    """An ``ExtensibleCatalogue`` whose items are encoded by ``ContentEncoders`` (``self.item_encoders``):
+    building them, the tables, and replacing or growing the catalogue, for the models built that way
+    (MP4SR, UniSRec)."""
+
+    item_encoders: ContentEncoders
+
+    def build_catalogue(self, context: ModelContext, modalities: list[str] | None, settings: ContentConfig,
+                        hidden: int, readable: tuple[str, ...] = MODALITIES) -> None:
+        """The content encoders of ``modalities`` (None: those of ``readable`` the data has)."""
+        tables = feature_tables(context, modalities, self.name, readable=readable)
+        self.modalities = list(tables)
+        self.item_encoders = ContentEncoders(tables, hidden, settings)
+        self.n_items = self.item_encoders.n_items
+
+    @property
+    def tables(self) -> dict[str, ItemTable]:
+        return self.item_encoders.tables
+
+    def set_item_tables(self, tables: dict) -> None:
+        """Attach (or replace) the item content; not part of the state dict."""
+        self.item_encoders.set_tables(tables)
+        self.n_items = self.item_encoders.n_items
+
+    def data_settings(self) -> dict:
+        return {"modalities": list(self.modalities)}
 
 
 class ContentProjection(nn.Module):

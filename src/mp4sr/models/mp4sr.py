@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
-from mp4sr.models.base import (FINETUNING, PRETRAINING, ExtensibleCatalogue, Factorised, ModelContext, Pretrainable,
+from mp4sr.models.base import (FINETUNING, PRETRAINING, Factorised, ModelContext, Pretrainable,
                                SequentialRecommender, TransformerConfig, register)
-from mp4sr.models.items import ContentConfig, ContentEncoders, IDEmbedding, ItemTable, feature_tables
+from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
@@ -77,7 +77,7 @@ def cmcl_loss(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, tau: floa
 
 
 @register
-class MP4SR(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender):
+class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
     """MP4SR: multimodal (text + image) M2SE encoder, contrastive pre-training, fine-tuning.
 
     It reads the modalities the dataset has unless ``params.modalities`` names them: with one, there is
@@ -98,10 +98,7 @@ class MP4SR(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender
 
     def __init__(self, config: MP4SRConfig, context: ModelContext):
         super().__init__(config, context)
-        tables = feature_tables(context, config.modalities, self.name)
-        self.modalities = list(tables)
-        self.item_encoders = ContentEncoders(tables, config.hidden, config)
-        self.n_items = self.item_encoders.n_items
+        self.build_catalogue(context, config.modalities, config, config.hidden)
         self.transformer = CausalTransformer.from_config(config, context.max_len)
         self.id_embedding = (
             IDEmbedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
@@ -111,9 +108,6 @@ class MP4SR(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():
                 param.requires_grad = name.startswith("id_embedding")
-
-    def data_settings(self) -> dict:
-        return {"modalities": list(self.modalities)}
 
     def param_groups(self) -> list[dict]:
         trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
@@ -125,15 +119,6 @@ class MP4SR(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender
         return [g for g in ({"params": ids}, {"params": rest, "lr_scale": scale}) if g["params"]]
 
     # ------------------------------------------------------------------ the catalogue
-
-    @property
-    def tables(self) -> dict[str, ItemTable]:
-        return self.item_encoders.tables
-
-    def set_item_tables(self, tables: dict) -> None:
-        """Attach (or replace) the item content; not part of the state dict."""
-        self.item_encoders.set_tables(tables)
-        self.n_items = self.item_encoders.n_items
 
     def item_reps(self, m: str, items: torch.Tensor | None = None) -> torch.Tensor:
         """z^m of ``items`` (all items when None): attention pooling + MoE adaptor of the item's vectors."""

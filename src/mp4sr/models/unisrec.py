@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
-from mp4sr.models.base import (FINETUNING, PRETRAINING, ExtensibleCatalogue, Factorised, ModelContext, Pretrainable,
+from mp4sr.models.base import (FINETUNING, PRETRAINING, Factorised, ModelContext, Pretrainable,
                                SequentialRecommender, TransformerConfig, register)
-from mp4sr.models.items import ContentConfig, ContentEncoders, IDEmbedding, ItemTable, feature_tables
+from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
 
@@ -63,7 +63,7 @@ def seq_seq_loss(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, tau: f
 
 
 @register
-class UniSRec(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommender):
+class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
     """UniSRec: text-only MoE-adapted item encoder; seq-item + seq-seq contrastive pre-training."""
 
     name = "unisrec"
@@ -81,29 +81,12 @@ class UniSRec(Factorised, ExtensibleCatalogue, Pretrainable, SequentialRecommend
 
     def __init__(self, config: UniSRecConfig, context: ModelContext):
         super().__init__(config, context)
-        tables = feature_tables(context, config.modalities, self.name, readable=("text",))
-        self.modalities = list(tables)
-        self.item_encoders = ContentEncoders(tables, config.hidden, config)
-        self.n_items = self.item_encoders.n_items
+        self.build_catalogue(context, config.modalities, config, config.hidden, readable=("text",))
         self.transformer = CausalTransformer.from_config(config, context.max_len)
         self.id_embedding = (
             IDEmbedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )
         self.apply(init_weights)
-
-    def data_settings(self) -> dict:
-        return {"modalities": list(self.modalities)}
-
-    # ------------------------------------------------------------------ the catalogue
-
-    @property
-    def tables(self) -> dict[str, ItemTable]:
-        return self.item_encoders.tables
-
-    def set_item_tables(self, tables: dict) -> None:
-        """Attach (or replace) the item text; not part of the state dict."""
-        self.item_encoders.set_tables(tables)
-        self.n_items = self.item_encoders.n_items
 
     # ------------------------------------------------------------------ the sequence encoder
 
