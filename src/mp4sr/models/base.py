@@ -152,6 +152,18 @@ class Pretrainable(ABC):
     # `mp4sr pretrain`, `finetune`, `run` and `experiment` apply under the user's own.
     stage_defaults: ClassVar[dict[Stage, dict[str, Any]]]
 
+    def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        """The objective of the stage ``params.stage`` names."""
+        return self.pretrain_loss(batch) if self.config.stage == "pretrain" else self.finetune_loss(batch)
+
+    @abstractmethod
+    def pretrain_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        """The pre-training objective."""
+
+    @abstractmethod
+    def finetune_loss(self, batch: SequenceBatch) -> torch.Tensor:
+        """The fine-tuning (next-item) objective."""
+
     @abstractmethod
     def load_pretrained(self, state_dict: dict[str, torch.Tensor]) -> list[str]:
         """Start from the weights of a pre-training checkpoint; returns the names it did not hold."""

@@ -168,11 +168,6 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
 
     # ------------------------------------------------------------------ pre-training: NIP + lambda CMCL
 
-    def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
-        if self.config.stage == "pretrain":
-            return self.pretrain_loss(batch)
-        return self.finetune_loss(batch)
-
     def pretrain_loss(self, batch: SequenceBatch) -> torch.Tensor:
         cfg = self.config
         if self.training and cfg.item_dropout_max > 0:

@@ -100,11 +100,6 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
 
     # ------------------------------------------------------------------ pre-training: seq-item + lambda seq-seq
 
-    def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
-        if self.config.stage == "pretrain":
-            return self.pretrain_loss(batch)
-        return self.finetune_loss(batch)
-
     def pretrain_loss(self, batch: SequenceBatch) -> torch.Tensor:
         cfg = self.config
         keep = batch.targets != IGNORE
