@@ -42,6 +42,35 @@ def test_unset_inner_dropouts_mean_dropout_or_the_models_own_default(name):
         assert layer.self_attn.dropout == (0.15 if defaults.attn_dropout is None else defaults.attn_dropout)
 
 
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_norm_first_makes_every_transformer_pre_ln_with_the_same_weights(name):
+    post = build_model(name, {"hidden": 8, "ffn": 16}, _context())
+    pre = build_model(name, {"hidden": 8, "ffn": 16, "norm_first": True}, _context())
+    assert list(pre.state_dict()) == list(post.state_dict())  # checkpoints of either form load alike
+    for flag, model in ((False, post), (True, pre)):
+        for t in (m for m in model.modules() if isinstance(m, CausalTransformer)):
+            assert t.norm_first is flag and all(layer.norm_first is flag for layer in t.encoder.layers)
+
+
+def test_pre_ln_ends_in_the_layer_norm_and_post_ln_starts_with_it():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8) * 3 + 1
+    post, pre = CausalTransformer(8, 2, 2, 16, 0.0, 5), CausalTransformer(8, 2, 2, 16, 0.0, 5, norm_first=True)
+    pre.load_state_dict(post.state_dict())
+    out = pre.eval()(x)
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(out, (8,), eps=1e-12), atol=1e-5, rtol=0)
+    layers_only = pre.encoder(x + pre.position.weight[:5][None], mask=torch.triu(torch.full((5, 5), float("-inf")), 1))
+    torch.testing.assert_close(out, pre.norm(layers_only))
+    normed = post.norm(x + post.position.weight[:5][None])
+    torch.testing.assert_close(post.eval()(x), post.encoder(normed, mask=torch.triu(torch.full((5, 5), float("-inf")), 1)))
+    assert not torch.allclose(out, post(x), atol=1e-3)
+    # causally: the outputs at a position never depend on later positions, in either form
+    later = x.clone()
+    later[:, 3:] += 5
+    for t in (pre, post):
+        torch.testing.assert_close(t(later)[:, :3], t(x)[:, :3])
+
+
 def _batch():
     tokens = torch.tensor([[1, 2, 3], [4, 5, 0]])
     targets = torch.tensor([[1, 2, 3], [4, 5, IGNORE]])

@@ -47,6 +47,8 @@ class TransformerConfig(ModelConfig):
     dropout: float = Field(0.2, description="dropout of embeddings and layers")
     attn_dropout: float | None = Field(None, description="dropout of the attention weights; null: dropout")
     ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
+    norm_first: bool = Field(False, description="pre-LN layers and a final LayerNorm (the original SASRec's and "
+                             "RecTools'); false: a LayerNorm of the input, then post-LN layers (RecBole's)")
 
 
 # Field metadata of settings that only one stage of a pre-trained model reads, e.g.

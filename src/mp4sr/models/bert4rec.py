@@ -57,7 +57,7 @@ class BERT4Rec(SequentialRecommender):
         super().__init__(config, context)
         self.mask_token = context.n_items + 1
         self.item_embedding = nn.Embedding(context.n_items + 2, config.hidden, padding_idx=0)
-        # The causal transformer's parts, run without the causal mask (see ``encode``).
+        # The causal transformer, run without the causal mask (see ``encode``).
         self.transformer = CausalTransformer.from_config(config, context.max_len + 1)
         self.head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.LayerNorm(config.hidden))
         self.output_bias = nn.Parameter(torch.zeros(context.n_items))
@@ -65,9 +65,7 @@ class BERT4Rec(SequentialRecommender):
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, L, H]: every position attends to every real position (padding is masked out)."""
-        t = self.transformer
-        h = self.item_embedding(tokens) + t.position.weight[: tokens.shape[1]][None]
-        return t.encoder(t.dropout(t.norm(h)), src_key_padding_mask=tokens == PAD)
+        return self.transformer(self.item_embedding(tokens), padding=tokens == PAD, causal=False)
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden) @ self.item_embedding.weight[1 : self.mask_token].T + self.output_bias

@@ -21,7 +21,10 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
 
 
 class CausalTransformer(nn.Module):
-    """Learned positions, LayerNorm, dropout, then a left-to-right (causal) post-LN transformer.
+    """Learned positions, then a left-to-right (causal) transformer, in one of two forms:
+    post-LN (``norm_first=False``, RecBole's): LayerNorm and dropout of the input, then post-LN layers;
+    pre-LN (``norm_first=True``, the original SASRec's and RecTools'): dropout of the input, pre-LN
+    layers, then a final LayerNorm. Both keep the one LayerNorm as ``norm``.
 
     Sequences are right-padded: under the causal mask no real position ever attends to padding, so
     the outputs at real positions do not depend on how much padding a batch has.
@@ -30,14 +33,16 @@ class CausalTransformer(nn.Module):
     def __init__(
         self, hidden: int = 64, layers: int = 2, heads: int = 2, ffn: int = 256, dropout: float = 0.2,
         max_len: int = 50, attn_dropout: float | None = None, layer_norm_eps: float = 1e-12,
-        ffn_dropout: float | None = None,
+        ffn_dropout: float | None = None, norm_first: bool = False,
     ):
         super().__init__()
         self.position = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
         layer = nn.TransformerEncoderLayer(
-            hidden, heads, ffn, dropout, activation="gelu", batch_first=True, layer_norm_eps=layer_norm_eps
+            hidden, heads, ffn, dropout, activation="gelu", batch_first=True, layer_norm_eps=layer_norm_eps,
+            norm_first=norm_first,
         )
         if attn_dropout is not None:
             layer.self_attn.dropout = attn_dropout
@@ -50,19 +55,24 @@ class CausalTransformer(nn.Module):
     def from_config(cls, config, max_len: int) -> "CausalTransformer":
         """The transformer of a model config: every transformer model names its settings alike, with
         ``hidden``, ``layers``, ``heads``, ``ffn`` (inner size), ``dropout`` (embeddings, residuals),
-        ``attn_dropout`` (attention weights) and ``ffn_dropout`` (inside the FFN; None: ``dropout``)."""
+        ``attn_dropout`` (attention weights), ``ffn_dropout`` (inside the FFN; None: ``dropout``) and
+        ``norm_first`` (pre-LN or post-LN)."""
         return cls(config.hidden, config.layers, config.heads, config.ffn, config.dropout, max_len,
-                   attn_dropout=config.attn_dropout, ffn_dropout=config.ffn_dropout)
+                   attn_dropout=config.attn_dropout, ffn_dropout=config.ffn_dropout, norm_first=config.norm_first)
 
-    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, L, H] item representations (padding rows zero); extra: added before the norm."""
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None,
+                padding: torch.Tensor | None = None, causal: bool = True) -> torch.Tensor:
+        """x: [B, L, H] item representations (padding rows zero); extra: added to them with the
+        positions; padding: [B, L] true at positions nobody may attend to; causal=False: every
+        position attends to every other (BERT4Rec)."""
         length = x.shape[1]
         h = x + self.position.weight[:length][None]
         if extra is not None:
             h = h + extra
-        h = self.dropout(self.norm(h))
-        mask = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1)
-        return self.encoder(h, mask=mask, is_causal=True)
+        mask = torch.triu(torch.full((length, length), float("-inf"), device=x.device), diagonal=1) if causal else None
+        if self.norm_first:
+            return self.norm(self.encoder(self.dropout(h), mask=mask, src_key_padding_mask=padding, is_causal=causal))
+        return self.encoder(self.dropout(self.norm(h)), mask=mask, src_key_padding_mask=padding, is_causal=causal)
 
 
 def last_positions(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
