@@ -88,3 +88,39 @@ def test_sampled_loss_trains_and_matches_full_softmax_with_every_item_a_candidat
     loss = sampled.calculate_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in sampled.parameters())
+
+
+def test_negatives_per_position_give_each_output_its_positive_and_its_own_negatives():
+    sampler = CandidateSampler(np.ones(50), 50, negatives=7, per_position=True)
+    targets = torch.tensor([3, 3, 10, 49])
+    cands = sampler.sample(targets, torch.Generator().manual_seed(1))
+    assert torch.equal(cands.items[cands.labels], targets)
+    assert cands.negatives.shape == (4, 7)
+    logits = torch.randn(4, len(cands.items))
+    rows = [torch.cat([logits[i, cands.labels[i]][None], logits[i, cands.negatives[i]]]) for i in range(4)]
+    for i, row in enumerate(rows):  # a drawn item equal to the row's positive is not its negative
+        row[1:][cands.negatives[i] == cands.labels[i]] = float("-inf")
+    direct = torch.stack([-torch.log_softmax(r, 0)[0] for r in rows]).mean()
+    # uniform q: the log-Q term is one constant, which the softmax ignores
+    assert torch.allclose(sampled_softmax_loss(logits, cands), direct, atol=1e-6)
+    # the rows differ: two outputs with the same target get different negatives
+    assert not torch.equal(cands.items[cands.negatives[0]], cands.items[cands.negatives[1]])
+
+
+def test_negatives_per_position_train_sasrec_and_leave_out_in_batch_negatives():
+    torch.manual_seed(0)
+    ctx = ModelContext(n_items=30, max_len=10, item_counts=np.ones(30))
+    model = build_model("sasrec", {"hidden": 16, "ffn": 32, "loss": "sampled", "negatives": 4,
+                                   "negatives_per": "position"}, ctx)
+    tokens = torch.randint(1, 31, (4, 6))
+    batch = SequenceBatch(tokens, torch.full((4,), 6), torch.arange(4), targets=torch.randint(0, 30, (4, 6)))
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    # a softmax over 1 positive and at most 4 negatives: the loss of uniform logits is at most log(5)
+    assert torch.isfinite(loss) and model.item_embedding.weight.grad.abs().sum() > 0
+    flat = build_model("sasrec", {"hidden": 16, "ffn": 32, "loss": "sampled", "negatives": 4,
+                                  "negatives_per": "position"}, ctx)
+    with torch.no_grad():
+        for p in flat.parameters():
+            p.zero_()
+    assert float(flat.eval().calculate_loss(batch).detach()) <= np.log(5) + 1e-6

@@ -15,6 +15,12 @@ are in nearly every candidate set, it saturates at 1. A row's positive is never 
 
 Cost per step: O(outputs x candidates) instead of O(outputs x items), and content-based models
 compute representations of the candidates only.
+
+``negatives_per="position"`` is the other common form (RecTools' SASRec, gSASRec): every output gets
+its own ``negatives`` items drawn from ``q``, and its softmax runs over its positive and those alone,
+with no in-batch negatives (a drawn item equal to the positive is masked). Its log-Q term is
+``log q(j)``, the same for every candidate when ``q`` is uniform. The candidates are the union of
+every output's items, so for long batches this costs about as much as the full softmax.
 """
 
 from __future__ import annotations
@@ -38,8 +44,12 @@ class LossConfig(ModelConfig):
     loss: Literal["full", "sampled"] = Field(
         "full", description="softmax over every item, or over in-batch targets + sampled negatives with log-Q",
         json_schema_extra=FINETUNING)
-    negatives: int = Field(1024, ge=0, description="sampled loss: negatives drawn per step (shared by the batch)",
-                           json_schema_extra=FINETUNING)
+    negatives: int = Field(1024, ge=0, description="sampled loss: negatives drawn per step (shared by the batch) "
+                           "or per position (see negatives_per)", json_schema_extra=FINETUNING)
+    negatives_per: Literal["step", "position"] = Field(
+        "step", description="sampled loss: 'step': one set of negatives for the batch, with its targets as "
+        "negatives too; 'position': each output's own negatives, and no in-batch ones (RecTools' SASRec)",
+        json_schema_extra=FINETUNING)
     negative_alpha: float = Field(0.0, ge=0, description="sampled loss: negatives drawn with q ∝ count^alpha (0: uniform)",
                                   json_schema_extra=FINETUNING)
     logq: bool = Field(True, description="sampled loss: subtract the log of each candidate's inclusion probability",
@@ -48,7 +58,8 @@ class LossConfig(ModelConfig):
     def sampler(self, context) -> "CandidateSampler | None":
         if self.loss != "sampled":
             return None
-        return CandidateSampler(context.item_counts, context.n_items, self.negatives, self.negative_alpha, self.logq)
+        return CandidateSampler(context.item_counts, context.n_items, self.negatives, self.negative_alpha, self.logq,
+                                per_position=self.negatives_per == "position")
 
 
 @dataclass
@@ -56,13 +67,14 @@ class Candidates:
     items: torch.Tensor  # [C] distinct item indexes
     labels: torch.Tensor  # [N] position of each output's target in ``items``
     log_q: torch.Tensor  # [C] log-probability of each candidate being in the set (the log-Q term)
+    negatives: torch.Tensor | None = None  # [N, K] positions in ``items`` of each output's own negatives
 
 
 class CandidateSampler:
     """Draws the candidate set of a step; ``item_counts`` are the items' training frequencies."""
 
     def __init__(self, item_counts: np.ndarray | None, n_items: int, negatives: int = 1024,
-                 alpha: float = 0.0, logq: bool = True):
+                 alpha: float = 0.0, logq: bool = True, per_position: bool = False):
         if negatives < 0:
             raise ConfigError(f"negatives must be >= 0, not {negatives}")
         counts = np.ones(n_items) if item_counts is None else np.asarray(item_counts, dtype=np.float64)
@@ -74,6 +86,7 @@ class CandidateSampler:
         self.n_items = n_items
         self.negatives = negatives
         self.logq = logq
+        self.per_position = per_position
         self.p_data = torch.from_numpy(data).float()
         self.q_noise = torch.from_numpy(noise).float()
         self._uniform = not alpha
@@ -88,6 +101,8 @@ class CandidateSampler:
         device = targets.device
         if self.p_data.device != device:
             self.to(device)
+        if self.per_position:
+            return self._sample_per_position(targets, generator)
         drawn = targets
         if self.negatives:
             if self._uniform:
@@ -106,8 +121,26 @@ class CandidateSampler:
             log_q = torch.zeros(len(items), device=device)
         return Candidates(items, labels, log_q)
 
+    def _sample_per_position(self, targets: torch.Tensor, generator: torch.Generator | None) -> Candidates:
+        n, k = len(targets), max(self.negatives, 1)
+        if self._uniform:
+            noise = torch.randint(self.n_items, (n, k), device=targets.device, generator=generator)
+        else:
+            noise = torch.multinomial(self.q_noise, n * k, replacement=True, generator=generator).view(n, k)
+        items, inverse = torch.unique(torch.cat([targets, noise.flatten()]), return_inverse=True)
+        log_q = torch.log(self.q_noise[items]) if self.logq else torch.zeros(len(items), device=targets.device)
+        return Candidates(items, inverse[:n], log_q, negatives=inverse[n:].view(n, k))
+
 
 def sampled_softmax_loss(logits: torch.Tensor, candidates: Candidates, temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy of ``logits`` [N, C] (scores of the candidates, before the temperature) with
-    the log-Q correction applied."""
-    return F.cross_entropy(logits / temperature - candidates.log_q, candidates.labels)
+    the log-Q correction applied; with negatives per position, over each row's positive and its own
+    negatives."""
+    corrected = logits / temperature - candidates.log_q
+    if candidates.negatives is None:
+        return F.cross_entropy(corrected, candidates.labels)
+    positive = corrected.gather(1, candidates.labels[:, None])
+    negative = corrected.gather(1, candidates.negatives)
+    negative = negative.masked_fill(candidates.negatives == candidates.labels[:, None], float("-inf"))
+    row = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(row, torch.zeros(len(row), dtype=torch.long, device=row.device))
