@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mp4sr.errors import ConfigError
 from mp4sr.models.base import ModelContext, build_model
 from mp4sr.models.sampled import CandidateSampler, sampled_softmax_loss
 from mp4sr.data.batching import SequenceBatch
@@ -124,3 +125,8 @@ def test_negatives_per_position_train_sasrec_and_leave_out_in_batch_negatives():
         for p in flat.parameters():
             p.zero_()
     assert float(flat.eval().calculate_loss(batch).detach()) <= np.log(5) + 1e-6
+
+
+def test_negatives_per_position_need_at_least_one():
+    with pytest.raises(ConfigError, match="negatives >= 1"):
+        CandidateSampler(np.ones(5), 5, negatives=0, per_position=True)

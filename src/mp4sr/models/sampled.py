@@ -77,6 +77,9 @@ class CandidateSampler:
                  alpha: float = 0.0, logq: bool = True, per_position: bool = False):
         if negatives < 0:
             raise ConfigError(f"negatives must be >= 0, not {negatives}")
+        if per_position and negatives < 1:
+            raise ConfigError("negatives per position need params.negatives >= 1: the softmax of an output runs "
+                              "over its positive and its own negatives")
         counts = np.ones(n_items) if item_counts is None else np.asarray(item_counts, dtype=np.float64)
         if len(counts) != n_items:
             raise ConfigError(f"item_counts has {len(counts)} entries for {n_items} items")
@@ -122,7 +125,7 @@ class CandidateSampler:
         return Candidates(items, labels, log_q)
 
     def _sample_per_position(self, targets: torch.Tensor, generator: torch.Generator | None) -> Candidates:
-        n, k = len(targets), max(self.negatives, 1)
+        n, k = len(targets), self.negatives
         if self._uniform:
             noise = torch.randint(self.n_items, (n, k), device=targets.device, generator=generator)
         else:
