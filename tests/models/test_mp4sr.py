@@ -119,6 +119,22 @@ def test_item_dropout_packs_left_and_keeps_targets():
                 assert int(out.targets[r, p]) == expect
 
 
+def test_finetune_loss_is_the_cross_entropy_of_the_summed_cosine_scores():
+    """Fine-tuning: every output position against every item, scored by the sum over modalities of
+    the cosine of its output and the item (content + ID embedding), divided by tau."""
+    model = _model(stage="finetune").eval()
+    batch = _batch([[0, 1, 2, 3], [4, 6, 7], [9]])
+    loss = model.calculate_loss(batch)
+    z = model.all_item_reps()
+    h = model._hidden(batch, z)
+    ids = model.id_embedding(torch.arange(N_ITEMS))
+    keep = batch.targets != IGNORE
+    scores = sum(F.cosine_similarity(h[m][keep].unsqueeze(1), (z[m] + ids).unsqueeze(0), dim=-1)
+                 for m in ("text", "image"))
+    expected = F.cross_entropy(scores / model.config.tau, batch.targets[keep])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_gradients_reach_attention_pooling_in_both_stages():
     for stage in ("pretrain", "finetune"):
         model = _model(stage=stage)

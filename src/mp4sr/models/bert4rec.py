@@ -20,6 +20,7 @@ from torch import nn
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.models.base import ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.softmax import full_softmax_loss
 
 
 class BERT4RecConfig(TransformerConfig):
@@ -75,7 +76,8 @@ class BERT4Rec(SequentialRecommender):
         sequences = append_token(batch.tokens, batch.lengths, last_target + 1)
         masked, labels = cloze(sequences, self.config.mask_ratio, self.mask_token)
         keep = labels != IGNORE
-        return F.cross_entropy(self.scores(self.encode(masked)[keep]), labels[keep])
+        return full_softmax_loss(self.head(self.encode(masked)[keep]), self.item_embedding.weight[1 : self.mask_token],
+                                 labels[keep], bias=self.output_bias)
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         tokens = append_token(batch.tokens, batch.lengths, self.mask_token)

@@ -35,6 +35,7 @@ from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
+from mp4sr.models.softmax import full_softmax_loss
 
 Modality = Literal["text", "image"]
 
@@ -220,8 +221,12 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         keep = batch.targets != IGNORE
         if self.sampler is not None:
             return self._sampled_finetune_loss(batch, keep)
-        scores = self._scores(batch, keep)
-        return F.cross_entropy(scores / self.config.tau, batch.targets[keep])
+        z_all = self.all_item_reps()
+        h, items = self._hidden(batch, z_all), self._output_items(z_all)
+        # the sum over modalities of cosine scores is one product of the concatenations
+        outputs = torch.cat([F.normalize(h[m][keep], dim=-1) for m in self.modalities], dim=-1)
+        items = torch.cat([items[m] for m in self.modalities], dim=-1)
+        return full_softmax_loss(outputs, items, batch.targets[keep], scale=1 / self.config.tau)
 
     def _sampled_finetune_loss(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor:
         """Fine-tuning against the candidates of a CandidateSampler: item representations are
@@ -240,15 +245,14 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
 
     # ------------------------------------------------------------------ scoring
 
-    def _scores(self, batch: SequenceBatch, positions: torch.Tensor | None) -> torch.Tensor:
-        """Scores of all items for the outputs at ``positions`` (a mask), or at the last positions:
-        sum over modalities of cosine similarities (content only in pre-training)."""
+    def _scores(self, batch: SequenceBatch) -> torch.Tensor:
+        """Scores of all items for the outputs at the last positions: sum over modalities of cosine
+        similarities."""
         z_all = self.all_item_reps()  # once: in training it is recomputed on every call
         h, items = self._hidden(batch, z_all), self._output_items(z_all)
         scores = 0
         for m in self.modalities:
-            out = h[m][positions] if positions is not None else last_positions(h[m], batch.lengths)
-            scores = scores + F.normalize(out, dim=-1) @ items[m].T
+            scores = scores + F.normalize(last_positions(h[m], batch.lengths), dim=-1) @ items[m].T
         return scores
 
     # The score is a sum over modalities of products of normalised vectors, i.e. one dot product of
@@ -261,7 +265,7 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         return torch.cat(list(self._output_items().values()), dim=-1)
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
-        return self._scores(batch, None)
+        return self._scores(batch)
 
     # ------------------------------------------------------------------ pre-trained weights
 

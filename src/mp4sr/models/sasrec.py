@@ -11,6 +11,7 @@ from mp4sr.data.batching import IGNORE, SequenceBatch
 from mp4sr.models.base import Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
+from mp4sr.models.softmax import full_softmax_loss
 
 
 class SASRecConfig(LossConfig, TransformerConfig):
@@ -49,7 +50,7 @@ class SASRec(Factorised, SequentialRecommender):
         if self.sampler is not None:
             cands = self.sampler.sample(targets)
             return sampled_softmax_loss(hidden[keep] @ self.item_table()[cands.items].T, cands)
-        return F.cross_entropy(hidden[keep] @ self.item_table().T, targets)
+        return full_softmax_loss(hidden[keep], self.item_table(), targets)
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         return last_positions(self.encode(batch), batch.lengths)

@@ -37,6 +37,7 @@ from mp4sr.models.base import (FINETUNING, PRETRAINING, Factorised, ModelContext
 from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
+from mp4sr.models.softmax import full_softmax_loss
 
 
 class UniSRecConfig(ContentConfig, TransformerConfig):
@@ -133,8 +134,8 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
         keep = batch.targets != IGNORE
         z = self.item_encoders.encode_all()["text"]  # once: in training it is recomputed on every call
         h = self._states(batch, lambda items: z[items])
-        scores = F.normalize(h[keep], dim=-1) @ self._output_items(z).T
-        return F.cross_entropy(scores / self.config.tau, batch.targets[keep])
+        return full_softmax_loss(F.normalize(h[keep], dim=-1), self._output_items(z), batch.targets[keep],
+                                 scale=1 / self.config.tau)
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         z = self.item_encoders.encode_all()["text"]

@@ -1,0 +1,94 @@
+"""The full softmax over the catalogue, computed a block of rows at a time.
+
+Next-item training with the full softmax scores every output against every item: for ``N`` outputs
+and ``V`` items, ``F.cross_entropy(outputs @ items.T, targets)`` holds the ``[N, V]`` scores, their
+softmax and their gradient at once (on Toys, a batch of 512 sequences is about 3,600 outputs and
+170 MB of scores per copy). :func:`full_softmax_loss` gives the same loss and gradients from blocks
+of rows small enough for the allocator to reuse from one block, and one step, to the next: on the
+CPU, glibc's malloc maps every block over 32 MiB afresh and returns it when freed (see
+``mp4sr.train.allocator``), so each step would otherwise touch its scores page by page again.
+
+Each block's gradients are computed in the forward pass, while its scores are at hand (the form of
+fused linear cross-entropy losses), so nothing of size ``[N, V]`` is kept for the backward pass and
+no score is computed twice. Under autocast, when no gradient is needed, and when all the scores fit
+one block, the plain form runs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Bytes of scores per block: below glibc's 32 MiB mmap threshold on the CPU (the scores and their
+# softmax share one buffer); on accelerators, whose allocators cache blocks anyway, blocks only
+# bound the memory.
+CPU_BLOCK_BYTES = 16 * 2**20
+DEVICE_BLOCK_BYTES = 256 * 2**20
+
+
+def full_softmax_loss(outputs: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, scale: float = 1.0,
+                      bias: torch.Tensor | None = None, block_rows: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``scale * outputs @ items.T + bias`` against ``targets``.
+
+    ``outputs`` [N, D], ``items`` [V, D], ``targets`` [N] in ``0..V-1``, ``bias`` [V] or None.
+    ``block_rows`` sets the rows per block (default: as many as fit the block size of the device; when
+    every row fits one block, the plain form runs).
+    Equal to ``F.cross_entropy(scale * outputs @ items.T + bias, targets)`` up to rounding, with the
+    same gradients for ``outputs``, ``items`` and ``bias``.
+    """
+    device = outputs.device.type
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (outputs, items, bias))
+    if block_rows is None:
+        budget = CPU_BLOCK_BYTES if device == "cpu" else DEVICE_BLOCK_BYTES
+        block_rows = max(1, budget // (items.shape[0] * items.element_size()))
+        if block_rows >= len(outputs):  # one block: the plain form, which is as fast
+            block_rows = 0
+    if not block_rows or not needs_grad or torch.is_autocast_enabled(device):
+        return F.cross_entropy(_scores(outputs, items, scale, bias), targets)
+    return _BlockedSoftmaxLoss.apply(outputs, items, bias, targets, float(scale), int(block_rows))
+
+
+def _scores(outputs: torch.Tensor, items: torch.Tensor, scale: float, bias: torch.Tensor | None) -> torch.Tensor:
+    if bias is None:
+        return torch.mm(outputs, items.T).mul_(scale) if scale != 1.0 else outputs @ items.T
+    return torch.addmm(bias, outputs, items.T, alpha=scale)
+
+
+class _BlockedSoftmaxLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, outputs, items, bias, targets, scale, block_rows):
+        n = outputs.shape[0]
+        grad_outputs = torch.empty_like(outputs)
+        grad_items = torch.zeros_like(items)
+        grad_bias = torch.zeros_like(bias) if bias is not None else None
+        total = torch.zeros((), dtype=torch.float64, device=outputs.device)
+        for start in range(0, n, block_rows):
+            out, tgt = outputs[start:start + block_rows], targets[start:start + block_rows]
+            scores = _scores(out, items, scale, bias)
+            rows = torch.arange(len(tgt), device=tgt.device)
+            # torch's fused softmax is several times faster on the CPU than exp; the log-sum-exp
+            # follows from the probability of each row's top score, which is at least 1/V
+            top, top_item = scores.max(dim=1)
+            grad = torch.softmax(scores, dim=1)
+            lse = top - grad[rows, top_item].log()
+            total += (lse - scores[rows, tgt]).sum(dtype=torch.float64)
+            # d(mean loss)/d(scores) = (softmax - one-hot) / n
+            grad[rows, tgt] -= 1.0
+            grad.div_(n)
+            torch.mm(grad, items, out=grad_outputs[start:start + block_rows])
+            grad_items.addmm_(grad.T, out)
+            if grad_bias is not None:
+                grad_bias += grad.sum(dim=0)
+        if scale != 1.0:
+            grad_outputs.mul_(scale)
+            grad_items.mul_(scale)
+        ctx.save_for_backward(grad_outputs, grad_items, grad_bias)
+        ctx.has_bias = bias is not None
+        return (total / n).to(outputs.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_outputs, grad_items, grad_bias = ctx.saved_tensors
+        return (grad_outputs * grad_loss, grad_items * grad_loss,
+                grad_bias * grad_loss if ctx.has_bias else None, None, None, None)

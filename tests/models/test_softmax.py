@@ -1,0 +1,127 @@
+"""The blocked full softmax: the loss and gradients of F.cross_entropy over all items, block by block,
+and every model that trains with it gives the loss and gradients of the plain form."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mp4sr.data.batching import IGNORE, SequenceBatch
+from mp4sr.models import ModelContext, build_model
+from mp4sr.models import bert4rec, mp4sr, sasrec, unisrec
+from mp4sr.models.items import ItemTable
+from mp4sr.models.softmax import full_softmax_loss
+
+
+def _plain(outputs, items, targets, scale=1.0, bias=None):
+    scores = scale * outputs @ items.T
+    return F.cross_entropy(scores + bias if bias is not None else scores, targets)
+
+
+def _inputs(n=37, v=53, d=8, bias=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    outputs = torch.randn(n, d, dtype=torch.float64, generator=g).requires_grad_()
+    items = torch.randn(v, d, dtype=torch.float64, generator=g).requires_grad_()
+    b = torch.randn(v, dtype=torch.float64, generator=g).requires_grad_() if bias else None
+    return outputs, items, torch.randint(0, v, (n,), generator=g), b
+
+
+@pytest.mark.parametrize("block_rows", [1, 5, 36, 37, 100])
+@pytest.mark.parametrize("scale,bias", [(1.0, False), (14.3, False), (0.5, True)])
+def test_loss_and_gradients_equal_the_plain_cross_entropy(block_rows, scale, bias):
+    outputs, items, targets, b = _inputs(bias=bias)
+    params = [outputs, items] + ([b] if bias else [])
+    loss = full_softmax_loss(outputs, items, targets, scale, b, block_rows=block_rows)
+    expected = _plain(outputs, items, targets, scale, b)
+    # an upstream factor and a second term: backward scales the stored gradients
+    grads = torch.autograd.grad(3 * loss + outputs.sum(), params)
+    expected_grads = torch.autograd.grad(3 * expected + outputs.sum(), params)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_extreme_scores_stay_finite():
+    """A target far below the top score (probability underflowing to 0) still gets its exact loss."""
+    outputs = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    items = torch.tensor([[200.0], [0.0], [-200.0]], requires_grad=True)
+    targets = torch.tensor([2, 0])
+    loss = full_softmax_loss(outputs, items, targets, block_rows=1)
+    expected = _plain(outputs, items, targets)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_frozen_items_and_no_gradient():
+    outputs, items, targets, _ = _inputs()
+    items.requires_grad_(False)
+    loss = full_softmax_loss(outputs, items, targets, block_rows=4)
+    (grad,) = torch.autograd.grad(loss, [outputs])
+    torch.testing.assert_close(grad, torch.autograd.grad(_plain(outputs, items, targets), [outputs])[0])
+    with torch.no_grad():
+        assert full_softmax_loss(outputs, items, targets).item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_blocks_fit_the_cpu_budget():
+    """On the CPU a block of scores stays below glibc's 32 MiB mmap threshold."""
+    from mp4sr.models import softmax
+
+    seen = []
+    original = softmax._scores
+
+    def spy(*args):
+        out = original(*args)
+        seen.append(out.numel() * out.element_size())
+        return out
+
+    outputs, items = torch.randn(3000, 4, requires_grad=True), torch.randn(5000, 4)
+    softmax._scores = spy
+    try:
+        full_softmax_loss(outputs, items, torch.randint(0, 5000, (3000,)))
+    finally:
+        softmax._scores = original
+    assert len(seen) > 1 and max(seen) <= softmax.CPU_BLOCK_BYTES < 32 * 2**20
+
+
+# ---------------------------------------------------------------- the models that train with it
+
+N_ITEMS, DIM = 40, 12
+
+
+def _features():
+    g = torch.Generator().manual_seed(0)
+    text = ItemTable(torch.randn(N_ITEMS, 3, DIM, generator=g), torch.rand(N_ITEMS, 3, generator=g) > 0.3)
+    text.mask[:, 0] = True
+    image = ItemTable(torch.randn(N_ITEMS, 1, DIM + 4, generator=g), torch.ones(N_ITEMS, 1, dtype=torch.bool))
+    return {"text": text, "image": image}
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    rows = [torch.randint(0, N_ITEMS, (n,), generator=g).tolist() for n in (7, 3, 9, 5)]
+    tokens = torch.tensor([[i + 1 for i in r] + [0] * (9 - len(r)) for r in rows])
+    targets = torch.where(tokens > 0, tokens % N_ITEMS, torch.full_like(tokens, IGNORE))
+    return SequenceBatch(tokens, torch.tensor([len(r) for r in rows]), torch.arange(4), targets=targets)
+
+
+@pytest.mark.parametrize("name,module", [("sasrec", sasrec), ("sasrecm", sasrec), ("fdsa", sasrec),
+                                         ("gru4rec", sasrec), ("cl4srec", sasrec), ("bert4rec", bert4rec),
+                                         ("unisrec", unisrec), ("mp4sr", mp4sr)])
+def test_models_train_with_the_loss_and_gradients_of_the_plain_form(name, module, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model(name, {"hidden": 16}, ModelContext(N_ITEMS, max_len=10, features=_features()))
+    model.eval()  # no dropout: both forms see the same network
+
+    def loss_and_grads():
+        torch.manual_seed(3)  # BERT4Rec's cloze masks
+        model.zero_grad()
+        loss = model.calculate_loss(_batch())
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    monkeypatch.setattr("mp4sr.models.softmax.CPU_BLOCK_BYTES", 4 * N_ITEMS * 5)  # blocks of 5 outputs
+    loss, grads = loss_and_grads()
+    monkeypatch.setattr(module, "full_softmax_loss", _plain)
+    expected, expected_grads = loss_and_grads()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert grads.keys() == expected_grads.keys() and grads
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], rtol=1e-4, atol=1e-6, msg=key)
