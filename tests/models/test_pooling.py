@@ -66,3 +66,25 @@ def test_scorers_share_the_weights_so_checkpoints_load_under_either(model):
     mlp.load_state_dict(default.state_dict())
     pools = [m for m in mlp.modules() if isinstance(m, AttentionPooling)]
     assert pools and all(p.nonlinear for p in pools)
+
+
+@pytest.mark.parametrize("settings", [{"pooling": "attention", "pool_scorer": "linear"},
+                                      {"pooling": "attention", "pool_scorer": "mlp"},
+                                      {"pooling": "mean"}])
+def test_one_vector_per_item_is_its_own_pooling(settings):
+    """With one vector per item the encoder skips the pooling: the output is the pooled path's, exactly,
+    for items with the vector and for items without it (the learned 'missing' input)."""
+    from mp4sr.models.items import ContentEncoder
+    from mp4sr.models.mp4sr import MP4SRConfig
+
+    torch.manual_seed(0)
+    encoder = ContentEncoder(6, 8, MP4SRConfig(**settings)).eval()
+    torch.nn.init.normal_(encoder.missing)
+    g = torch.Generator().manual_seed(1)
+    table = ItemTable(torch.randn(10, 1, 6, generator=g), torch.rand(10, 1, generator=g) > 0.3)
+    assert not table.mask.all() and table.mask.any()
+    pooled = encoder.pool(table.vectors, table.mask)
+    inputs = torch.where(table.mask.any(-1, keepdim=True), pooled, encoder.missing)
+    assert torch.equal(encoder(table), encoder.adaptor(inputs))
+    items = torch.tensor([3, 0, 3, 9])
+    assert torch.equal(encoder(table, items), encoder.adaptor(inputs[items]))

@@ -232,7 +232,12 @@ class ContentEncoder(nn.Module):
     def forward(self, table: ItemTable, items: torch.Tensor | None = None) -> torch.Tensor:
         """[len(items), hidden] representations of ``items`` (all items when None)."""
         vectors, mask = (table.vectors, table.mask) if items is None else (table.vectors[items], table.mask[items])
-        e = self.pool(vectors.float(), mask)
+        if vectors.shape[-2] == 1:
+            # one vector per item: every pooling returns it (a lone vector's attention weight is 1), so
+            # the pooling is skipped, and with it its cost over the whole catalogue at every step
+            e = vectors[..., 0, :].float()
+        else:
+            e = self.pool(vectors.float(), mask)
         e = torch.where(mask.any(-1, keepdim=True), e, self.missing)
         return self.adaptor(e)
 
