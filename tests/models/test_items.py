@@ -209,3 +209,30 @@ def test_unisrec_ranks_by_user_and_item_vectors():
     torch.testing.assert_close(scores, users @ items.T)
     assert users.shape == (3, SMALL["hidden"]) and items.shape == (N_ITEMS, SMALL["hidden"])
     torch.testing.assert_close(users.norm(dim=-1), torch.ones(3))
+
+
+def test_moe_over_constant_content_has_the_gradients_of_the_plain_form():
+    """The MoE adaptor's path for constant content (no input gradient over the present rows) gives the
+    output of the plain form exactly, and the same gradients for its weights and the 'missing' input."""
+    from mp4sr.models.items import MoEAdaptor
+
+    torch.manual_seed(0)
+    adaptor = MoEAdaptor(6, 4, experts=3, dropout=0.3)
+    missing = torch.nn.Parameter(torch.randn(6))
+    e = torch.randn(12, 6)
+    absent = (torch.arange(12) % 4 == 1).unsqueeze(-1)
+
+    def run(fast: bool):
+        adaptor.zero_grad()
+        missing.grad = None
+        torch.manual_seed(1)  # the same dropout masks
+        out = adaptor(e, absent, missing) if fast else adaptor(torch.where(absent, missing, e))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in (*adaptor.parameters(), missing)]
+
+    out, grads = run(fast=True)
+    expected, expected_grads = run(fast=False)
+    assert torch.equal(out, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+    assert grads[-1].abs().sum() > 0  # the absent rows reach 'missing'

@@ -172,10 +172,22 @@ class MoEAdaptor(nn.Module):
         self.norm_bias = nn.Parameter(torch.zeros(experts, hidden))
         self.gate = nn.Linear(dim, experts, bias=False)
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(self.linear(e).view(*e.shape[:-1], self.experts, self.hidden))
+    def forward(self, e: torch.Tensor, absent: torch.Tensor | None = None,
+                missing: torch.Tensor | None = None) -> torch.Tensor:
+        """``z`` of ``e`` [..., d]. With ``absent`` [..., 1] and ``missing`` [d]: ``e`` is a constant (content
+        vectors), and its ``absent`` rows stand for the learned input ``missing``; the result and the
+        gradients are those of ``forward(torch.where(absent, missing, e))``, but the linear map computes no
+        input gradient for the constant rows, which over a whole catalogue costs as much as the map itself."""
+        if absent is None:
+            linear, gate_input = self.linear(e), e
+        else:
+            linear = self.linear(torch.where(absent, missing.detach(), e))
+            # missing's gradient through the absent rows only; the term added is exactly zero
+            linear = linear + absent * F.linear(missing - missing.detach(), self.linear.weight.detach())
+            gate_input = torch.where(absent, missing, e)
+        out = self.dropout(linear.view(*e.shape[:-1], self.experts, self.hidden))
         out = F.layer_norm(out, (self.hidden,)) * self.norm_weight + self.norm_bias
-        gate = torch.softmax(self.gate(e), dim=-1)
+        gate = torch.softmax(self.gate(gate_input), dim=-1)
         return (gate.unsqueeze(-1) * out).sum(-2)
 
 
@@ -238,8 +250,11 @@ class ContentEncoder(nn.Module):
             e = vectors[..., 0, :].float()
         else:
             e = self.pool(vectors.float(), mask)
-        e = torch.where(mask.any(-1, keepdim=True), e, self.missing)
-        return self.adaptor(e)
+        present = mask.any(-1, keepdim=True)
+        if isinstance(self.adaptor, MoEAdaptor) and not e.requires_grad and self.missing.requires_grad \
+                and torch.is_grad_enabled():
+            return self.adaptor(e, ~present, self.missing)  # constant content: see MoEAdaptor.forward
+        return self.adaptor(torch.where(present, e, self.missing))
 
 
 class ContentEncoders(nn.ModuleDict):
