@@ -186,6 +186,42 @@ def test_resuming_redoes_nothing_that_finished(finished):
         assert not (folder / "last.pt").exists()
 
 
+def test_finished_runs_of_another_experiment_are_reused(finished, tmp_path):
+    """An experiment that lists another's output under ``reuse`` copies the runs they share (same key)
+    instead of training them, fine-tunings' pre-training included, and trains only the rest."""
+    source = finished["out"]
+    tree = {**TINY, "name": "other", "reuse": [str(source)],
+            "models": [TINY["models"][0], TINY["models"][3], TINY["models"][5],
+                       {"name": "sasrec-wide", "model": "sasrec", "params": {"hidden": 24, "ffn": 48}}]}
+    path = _write(tmp_path / "other.yaml", tree)
+    calls = []
+    real = runner.train_run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "train_run", lambda config, out_dir, **kw: calls.append(out_dir.name) or real(config, out_dir, **kw))
+        outcome = run_experiment(path, tmp_path / "out")
+    plan = make_plan(load_spec(path), tmp_path / "out" / "runs")
+    shared = {r.key for r in plan.runs if r.entry != "sasrec-wide"}
+    assert len(calls) == 2 and not shared & set(calls)  # sasrec-wide, once per seed
+    assert outcome.trained == 2 and outcome.missing == 0
+    for key in shared:
+        copied, original = tmp_path / "out" / "runs" / key, source / "runs" / key
+        assert (copied / "run.json").is_file()
+        assert (copied / "metrics.json").read_text() == (original / "metrics.json").read_text()
+    ours = pd.read_csv(tmp_path / "out" / "results.csv").set_index("entry")
+    theirs = pd.read_csv(source / "results.csv").set_index("entry")
+    assert ours.loc["mp4sr", "ndcg@10_mean"] == theirs.loc["mp4sr", "ndcg@10_mean"]
+
+
+def test_an_unfinished_run_is_not_reused(tmp_path):
+    other = tmp_path / "other" / "runs" / "abc"
+    other.mkdir(parents=True)
+    (other / "last.pt").write_bytes(b"")  # interrupted there: no run.json
+    runs = tmp_path / "mine" / "runs"
+    runs.mkdir(parents=True)
+    assert runner.reuse_run("abc", runs, [tmp_path / "other"]) is None
+    assert not (runs / "abc").exists()
+
+
 def test_tables_and_plots(finished):
     out, files = finished["out"], finished["outcome"].files
     summary = pd.read_csv(out / "results.csv")

@@ -110,10 +110,38 @@ def release(runs_dir: Path, key: str) -> None:
     (runs_dir / f"{key}.claim").unlink(missing_ok=True)
 
 
-def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, poll: float = 5.0) -> int:
+def reuse_run(key: str, runs_dir: Path, reuse: list[Path]) -> Path | None:
+    """Copy the finished run ``key`` of the first folder of ``reuse`` that has it into ``runs_dir``
+    (files hard-linked where the file system allows); returns where it came from, or None."""
+    for other in reuse:
+        source = other / "runs" / key
+        if source.resolve() == (runs_dir / key).resolve() or not is_done(other / "runs", key):
+            continue
+        tmp = runs_dir / f".{key}.reuse-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+
+        def link_or_copy(src, dst):
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+        shutil.copytree(source, tmp, copy_function=link_or_copy, ignore=shutil.ignore_patterns("last.pt", "*.tmp*"))
+        # run.json last, so that the copy counts as finished only when it is whole
+        done = tmp / DONE
+        done.rename(tmp / (DONE + ".pending"))
+        shutil.rmtree(runs_dir / key, ignore_errors=True)  # an unfinished attempt of this run
+        tmp.rename(runs_dir / key)
+        (runs_dir / key / (DONE + ".pending")).rename(runs_dir / key / DONE)
+        return source
+    return None
+
+
+def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, poll: float = 5.0,
+            reuse: list[Path] | None = None) -> int:
     """Train every run of ``plan`` that is not finished and that no other live process has claimed;
-    wait for runs other processes train when they hold up this one's work. Returns how many runs
-    this process trained."""
+    wait for runs other processes train when they hold up this one's work. A run finished in one of
+    the ``reuse`` folders is copied from there instead. Returns how many runs this process trained."""
     datasets = datasets or DatasetCache()
     todo = [r for r in plan.runs if not is_done(runs_dir, r.key)]
     log.info("%d runs planned, %d finished before, %d to train", len(plan.runs), len(plan.runs) - len(todo), len(todo))
@@ -128,6 +156,11 @@ def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, po
             continue
         try:
             if is_done(runs_dir, run.key):  # finished by another process just before the claim
+                continue
+            source = reuse_run(run.key, runs_dir, reuse or [])
+            if source is not None:
+                log.info("%s %s on %s, seed %d: the finished run %s", run.entry, run.stage, run.dataset.key,
+                         run.seed, source)
                 continue
             trained += 1
             log.info("[%d/%d] %s %s on %s, seed %d%s -> %s", total - len(todo) + 1, total, run.entry, run.stage,
@@ -242,7 +275,8 @@ def study_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'tune.db').resolve()}"
 
 
-def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache) -> dict[tuple[str, str], dict]:
+def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache,
+                 reuse: list[Path] | None = None) -> dict[tuple[str, str], dict]:
     """Run (or continue, or join) each search, after the pre-training its trials start from; returns the
     best settings of each (entry, dataset key) and writes each best config to ``<out>/tuned/``."""
     from mp4sr.experiment.tune import tune
@@ -251,7 +285,7 @@ def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache) -> 
     tuned = {}
     for task in tasks:
         if task.pretrain is not None:
-            execute(Plan(runs=[task.pretrain]), runs_dir, datasets)
+            execute(Plan(runs=[task.pretrain]), runs_dir, datasets, reuse=reuse)
         log.info("tuning %s on %s: %d trials (study %s)", task.entry, task.dataset.key, task.search.trials, task.study)
 
         def train_trial(config, on_epoch, task=task):
@@ -347,13 +381,14 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
             check_space(task.make_config, task.search)
     plan = make_plan(spec, runs_dir.resolve(), only, overrides, read_tuned(tasks, out))
     datasets = DatasetCache()
+    reuse = [Path(folder) for folder in spec.reuse]
     trained = 0
     if train:
         workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
         try:  # every process takes part in the searches, then in the runs
             if tasks:
-                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets))
-            trained = execute(plan, runs_dir, datasets)
+                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets, reuse))
+            trained = execute(plan, runs_dir, datasets, reuse=reuse)
         finally:
             failed = [w.args for w in workers if w.wait() != 0]
         if failed:

@@ -133,6 +133,9 @@ class ExperimentSpec(_Strict):
     alpha: float = 0.05
     coldstart: bool = True
     search: bool = Field(True, description="false: ignore the entries' grids and searches (their own settings only)")
+    reuse: list[str] = Field(default_factory=list, description="output folders of other experiments whose finished "
+                             "runs this one copies instead of training them again (matched by run key: the same "
+                             "settings, seed and data give the same key)")
     models: list[EntrySpec]
 
     @property
