@@ -6,6 +6,7 @@ import socket
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -210,6 +211,72 @@ def test_finished_runs_of_another_experiment_are_reused(finished, tmp_path):
     ours = pd.read_csv(tmp_path / "out" / "results.csv").set_index("entry")
     theirs = pd.read_csv(source / "results.csv").set_index("entry")
     assert ours.loc["mp4sr", "ndcg@10_mean"] == theirs.loc["mp4sr", "ndcg@10_mean"]
+
+
+def _archive_spec(tmp_path, models, name="kept"):
+    tree = {**TINY, "name": name, "seeds": [1], "archive": str(tmp_path / "archive"), "models": models}
+    return _write(tmp_path / f"{name}.yaml", tree)
+
+
+def _counting_runs(calls):
+    real = runner.train_run
+    return lambda config, out_dir, **kw: calls.append(out_dir.name) or real(config, out_dir, **kw)
+
+
+def test_an_archive_keeps_the_records_of_finished_runs_for_a_new_checkout(tmp_path):
+    """Runs are recorded in the archive as they finish (no checkpoints, ranks as int32); a fresh output
+    folder with the same archive trains nothing and reports the same numbers."""
+    path = _archive_spec(tmp_path, [TINY["models"][0], TINY["models"][3]])
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "train_run", _counting_runs(calls))
+        first = run_experiment(path, tmp_path / "first")
+        assert len(calls) == 3  # pop, the pre-training, the fine-tuning
+        again = run_experiment(path, tmp_path / "second")  # a new checkout: only the archive is there
+    assert again.trained == 0 and len(calls) == 3 and again.missing == 0
+    for key in calls:
+        record, run = tmp_path / "archive" / "runs" / key, tmp_path / "first" / "runs" / key
+        assert (record / "run.json").is_file() and not list(record.glob("*.pt"))
+        assert {p.name for p in run.glob("test_ranks*.npy")} == {p.name for p in record.glob("test_ranks*.npy")}
+        for ranks in record.glob("test_ranks*.npy"):
+            kept = np.load(ranks)
+            assert kept.dtype == np.int32 and (kept == np.load(run / ranks.name)).all()
+    ours = pd.read_csv(tmp_path / "second" / "results.csv").set_index("entry")
+    theirs = pd.read_csv(first.out / "results.csv").set_index("entry")
+    assert ours.loc["mp4sr", "ndcg@10_mean"] == theirs.loc["mp4sr", "ndcg@10_mean"]
+
+
+def test_a_new_fine_tuning_trains_again_a_pre_training_known_only_from_its_record(tmp_path):
+    """The archive holds no checkpoints: a fine-tuning added later has its pre-training trained again
+    (the same key, so the same settings and seed) instead of failing on a missing best.pt."""
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner, "train_run", _counting_runs(calls))
+        run_experiment(_archive_spec(tmp_path, [TINY["models"][3]]), tmp_path / "first")
+        pretrain, finetune = calls
+        run_experiment(_archive_spec(tmp_path, [TINY["models"][3]]), tmp_path / "second")  # copies the records
+        assert len(calls) == 2 and not (tmp_path / "second" / "runs" / pretrain / "best.pt").exists()
+        more = _archive_spec(tmp_path, [TINY["models"][3], TINY["models"][4]])
+        outcome = run_experiment(more, tmp_path / "second")
+    assert calls[2:] == [pretrain, calls[3]] and calls[3] not in (pretrain, finetune)
+    assert outcome.trained == 2 and outcome.missing == 0
+    assert (tmp_path / "second" / "runs" / pretrain / "best.pt").is_file()
+
+
+def test_the_searches_study_is_kept_in_the_archive(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "out" / "tune.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as con:
+        con.execute("create table trials (value real)")
+        con.execute("insert into trials values (0.5)")
+    con.close()
+    assert runner.copy_study(db, tmp_path / "archive" / "tune.db")
+    with sqlite3.connect(tmp_path / "archive" / "tune.db") as con:
+        assert con.execute("select value from trials").fetchall() == [(0.5,)]
+    con.close()
+    assert not runner.copy_study(tmp_path / "nothing.db", tmp_path / "archive" / "other.db")
 
 
 def test_an_unfinished_run_is_not_reused(tmp_path):

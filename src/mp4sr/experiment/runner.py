@@ -6,6 +6,10 @@ epochs.jsonl, best.pt), ``test_ranks.npy`` (0-based rank of each test user's ite
 interrupted run left behind: the run continues from its ``last.pt`` (same settings, since the key is a
 hash of them), or starts again when there is none.
 
+An experiment's ``archive`` folder keeps the records of its finished runs (everything but checkpoints,
+in ``<archive>/runs/<key>/``): a run is recorded there when it finishes, and a run recorded there is
+copied back instead of trained, except a pre-training that a fine-tuning still needs (its ``best.pt``).
+
 Several processes (``jobs``, or the same command started on several machines that share the
 folder) share the plan through claims: a process trains a run only after creating
 ``<out>/runs/<key>.claim`` (atomically, holding its host and pid); a claim whose process is gone
@@ -110,12 +114,15 @@ def release(runs_dir: Path, key: str) -> None:
     (runs_dir / f"{key}.claim").unlink(missing_ok=True)
 
 
-def reuse_run(key: str, runs_dir: Path, reuse: list[Path]) -> Path | None:
+def reuse_run(key: str, runs_dir: Path, reuse: list[Path], checkpoint: bool = False) -> Path | None:
     """Copy the finished run ``key`` of the first folder of ``reuse`` that has it into ``runs_dir``
-    (files hard-linked where the file system allows); returns where it came from, or None."""
+    (files hard-linked where the file system allows); returns where it came from, or None.
+    ``checkpoint``: only from a folder that holds the run's ``best.pt`` (not from an archive's record)."""
     for other in reuse:
         source = other / "runs" / key
         if source.resolve() == (runs_dir / key).resolve() or not is_done(other / "runs", key):
+            continue
+        if checkpoint and not (source / "best.pt").is_file():
             continue
         tmp = runs_dir / f".{key}.reuse-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,12 +144,49 @@ def reuse_run(key: str, runs_dir: Path, reuse: list[Path]) -> Path | None:
     return None
 
 
+RECORD_IGNORED = ("*.pt", "*.tmp*", "*.claim", "tensorboard")
+
+
+def archive_run(folder: Path, archive: Path) -> bool:
+    """Record the finished run in ``folder`` under ``<archive>/runs/<its key>/``: every file but the
+    checkpoints, test ranks as int32; returns False when it was recorded before."""
+    target = archive / "runs" / folder.name
+    if is_done(archive / "runs", folder.name) or not is_done(folder.parent, folder.name):
+        return False
+    tmp = archive / "runs" / f".{folder.name}.record-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(*RECORD_IGNORED, DONE, "test_ranks*.npy"))
+    for ranks in folder.glob("test_ranks*.npy"):
+        np.save(tmp / ranks.name, np.load(ranks).astype(np.int32))
+    shutil.copy2(folder / DONE, tmp / DONE)  # last: the record counts only when it is whole
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return True
+
+
+def _checkpoint_missing(runs_dir: Path, key: str) -> bool:
+    """A finished run copied from an archive's record, which has no ``best.pt`` to fine-tune from."""
+    return is_done(runs_dir, key) and not (runs_dir / key / "best.pt").is_file()
+
+
 def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, poll: float = 5.0,
-            reuse: list[Path] | None = None) -> int:
+            reuse: list[Path] | None = None, archive: Path | None = None, checkpoints: bool = False) -> int:
     """Train every run of ``plan`` that is not finished and that no other live process has claimed;
     wait for runs other processes train when they hold up this one's work. A run finished in one of
-    the ``reuse`` folders is copied from there instead. Returns how many runs this process trained."""
+    the ``reuse`` folders (or recorded in ``archive``) is copied from there instead, and every finished
+    run is recorded in ``archive``. ``checkpoints``: every run of the plan must leave its ``best.pt`` (as
+    the pre-training a search fine-tunes from). Returns how many runs this process trained."""
     datasets = datasets or DatasetCache()
+    reuse = list(reuse or []) + ([archive] if archive is not None else [])
+    # the pre-trainings that a fine-tuning still to train (here, or found nowhere else) starts from
+    pending = {r.pretrain_key for r in plan.runs if r.pretrain_key
+               and not any(is_done(folder, r.key) for folder in [runs_dir, *(other / "runs" for other in reuse)])}
+    if checkpoints:
+        pending |= {r.key for r in plan.runs}
+    for key in pending:  # a pre-training known only from its record is trained again for its fine-tunings
+        if _checkpoint_missing(runs_dir, key):
+            log.info("pre-training %s has no best.pt (a record): training it again for its fine-tunings", key)
+            shutil.rmtree(runs_dir / key)
     todo = [r for r in plan.runs if not is_done(runs_dir, r.key)]
     log.info("%d runs planned, %d finished before, %d to train", len(plan.runs), len(plan.runs) - len(todo), len(todo))
     trained, total = 0, len(todo)
@@ -157,7 +201,7 @@ def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, po
         try:
             if is_done(runs_dir, run.key):  # finished by another process just before the claim
                 continue
-            source = reuse_run(run.key, runs_dir, reuse or [])
+            source = reuse_run(run.key, runs_dir, reuse, checkpoint=run.key in pending)
             if source is not None:
                 log.info("%s %s on %s, seed %d: the finished run %s", run.entry, run.stage, run.dataset.key,
                          run.seed, source)
@@ -168,6 +212,11 @@ def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, po
             train_one(run, runs_dir, datasets)
         finally:
             release(runs_dir, run.key)
+        if archive is not None:
+            archive_run(runs_dir / run.key, archive)
+    if archive is not None:  # runs finished before the archive was set, or by other processes
+        for run in plan.runs:
+            archive_run(runs_dir / run.key, archive)
     return trained
 
 
@@ -275,8 +324,25 @@ def study_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'tune.db').resolve()}"
 
 
+def copy_study(source: Path, target: Path) -> bool:
+    """Copy the searches' SQLite file ``source`` to ``target`` (SQLite's backup, consistent while other
+    processes write to it); False when there is nothing to copy."""
+    import sqlite3
+
+    if not source.is_file():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    with sqlite3.connect(source) as src, sqlite3.connect(tmp) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
+    tmp.replace(target)
+    return True
+
+
 def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache,
-                 reuse: list[Path] | None = None) -> dict[tuple[str, str], dict]:
+                 reuse: list[Path] | None = None, archive: Path | None = None) -> dict[tuple[str, str], dict]:
     """Run (or continue, or join) each search, after the pre-training its trials start from; returns the
     best settings of each (entry, dataset key) and writes each best config to ``<out>/tuned/``."""
     from mp4sr.experiment.tune import tune
@@ -285,7 +351,7 @@ def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache,
     tuned = {}
     for task in tasks:
         if task.pretrain is not None:
-            execute(Plan(runs=[task.pretrain]), runs_dir, datasets, reuse=reuse)
+            execute(Plan(runs=[task.pretrain]), runs_dir, datasets, reuse=reuse, archive=archive, checkpoints=True)
         log.info("tuning %s on %s: %d trials (study %s)", task.entry, task.dataset.key, task.search.trials, task.study)
 
         def train_trial(config, on_epoch, task=task):
@@ -379,6 +445,9 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
         require_optuna()
         for task in tasks:
             check_space(task.make_config, task.search)
+    archive = Path(spec.archive) if spec.archive else None
+    if archive is not None and tasks and not (out / "tune.db").is_file():  # the searches of an earlier checkout
+        copy_study(archive / "tune.db", out / "tune.db")
     plan = make_plan(spec, runs_dir.resolve(), only, overrides, read_tuned(tasks, out))
     datasets = DatasetCache()
     reuse = [Path(folder) for folder in spec.reuse]
@@ -387,12 +456,17 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
         workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
         try:  # every process takes part in the searches, then in the runs
             if tasks:
-                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets, reuse))
-            trained = execute(plan, runs_dir, datasets, reuse=reuse)
+                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets, reuse, archive))
+            trained = execute(plan, runs_dir, datasets, reuse=reuse, archive=archive)
         finally:
             failed = [w.args for w in workers if w.wait() != 0]
+            if archive is not None and tasks:
+                copy_study(out / "tune.db", archive / "tune.db")
         if failed:
             raise ConfigError(f"{len(failed)} of the {jobs - 1} other experiment processes failed; see their log above")
+    elif archive is not None:  # a report of runs trained before the archive was set records them too
+        for run in plan.runs:
+            archive_run(runs_dir / run.key, archive)
     if not report:
         return ExperimentOutcome(out, trained, 0, {})
     loaded = [load_result(runs_dir, cell) for cell in plan.cells]

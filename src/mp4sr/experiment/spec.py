@@ -136,6 +136,10 @@ class ExperimentSpec(_Strict):
     reuse: list[str] = Field(default_factory=list, description="output folders of other experiments whose finished "
                              "runs this one copies instead of training them again (matched by run key: the same "
                              "settings, seed and data give the same key)")
+    archive: str | None = Field(None, description="a folder that keeps the records of the finished runs (run.json, "
+                                "metrics, epochs, test ranks; no checkpoints): each run is recorded there when it "
+                                "finishes, and a run recorded there counts as finished, so a folder kept under "
+                                "version control carries the results to a new checkout")
     models: list[EntrySpec]
 
     @property
