@@ -90,3 +90,32 @@ def test_content_models_train_without_item_ids(name):
 def test_fdsa_needs_its_id_embeddings():
     with pytest.raises(ConfigError, match="id_embedding"):
         build_model("fdsa", {"id_embedding": False}, _context())
+
+
+def test_positions_from_the_end_give_the_latest_item_position_zero():
+    """From the end, a sequence of n items reads the position table backwards from row n-1 to row 0:
+    the forward form with that table reversed, sequence by sequence, whatever the padding."""
+    torch.manual_seed(0)
+    end, forward = CausalTransformer(8, 2, 2, 16, 0.0, 5, positions="from_end"), CausalTransformer(8, 2, 2, 16, 0.0, 5)
+    forward.load_state_dict(end.state_dict())
+    end.eval(), forward.eval()
+    x = torch.randn(2, 5, 8)
+    x[1, 3:] = 0  # the second sequence has 3 items, then padding
+    out = end(x, lengths=torch.tensor([5, 3]))
+    for row, n in ((0, 5), (1, 3)):
+        with torch.no_grad():
+            forward.position.weight[:n] = end.position.weight[:n].flip(0)
+        torch.testing.assert_close(out[row, :n], forward(x[row : row + 1, :n])[0])
+    assert not torch.allclose(out[0], CausalTransformer(8, 2, 2, 16, 0.0, 5).eval()(x[:1])[0], atol=1e-3)
+    torch.testing.assert_close(end(x, padding=torch.tensor([[False] * 5, [False] * 3 + [True] * 2]))[:, :3], out[:, :3])
+    with pytest.raises(ValueError, match="lengths"):
+        end(x)
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_every_transformer_model_numbers_positions_from_the_end_when_asked(name):
+    model = build_model(name, {"hidden": 8, "ffn": 16, "positions": "from_end"}, _context())
+    assert all(t.from_end for t in model.modules() if isinstance(t, CausalTransformer))
+    loss = model.calculate_loss(_batch())
+    loss.backward()
+    assert torch.isfinite(loss)

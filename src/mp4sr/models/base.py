@@ -49,6 +49,10 @@ class TransformerConfig(ModelConfig):
     ffn_dropout: float | None = Field(None, description="dropout inside the feed-forward block; null: dropout")
     norm_first: bool = Field(False, description="pre-LN layers and a final LayerNorm (the original SASRec's and "
                              "RecTools'); false: a LayerNorm of the input, then post-LN layers (RecBole's)")
+    positions: Literal["forward", "from_end"] = Field(
+        "forward", description="number each sequence's items from its first (RecBole's) or from its last "
+        "(from_end: the latest item always at position 0, as the original SASRec's left padding and RecTools' "
+        "inverse positions give)")
 
 
 # Field metadata of settings that only one stage of a pre-trained model reads, e.g.

@@ -102,7 +102,7 @@ class CL4SRec(SASRec):
 
     def _view(self, batch: SequenceBatch) -> torch.Tensor:
         tokens, lengths = augment(batch.tokens, batch.lengths, self.config, self.mask_token)
-        return last_positions(self.transformer(self.item_embedding(tokens)), lengths)
+        return last_positions(self.transformer(self.item_embedding(tokens), lengths=lengths), lengths)
 
     def calculate_loss(self, batch: SequenceBatch) -> torch.Tensor:
         loss = super().calculate_loss(batch)

@@ -66,6 +66,6 @@ class FDSA(ContentModel, SASRec):
         return merged * (tokens != PAD).unsqueeze(-1)
 
     def encode(self, batch: SequenceBatch) -> torch.Tensor:
-        items = self.transformer(self.item_embedding(batch.tokens))
-        features = self.feature_transformer(self.feature_sequence(batch.tokens))
+        items = self.transformer(self.item_embedding(batch.tokens), lengths=batch.lengths)
+        features = self.feature_transformer(self.feature_sequence(batch.tokens), lengths=batch.lengths)
         return self.out_dropout(self.out_norm(self.concat(torch.cat([items, features], dim=-1))))

@@ -137,7 +137,8 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         stacked = torch.cat([z_seq[m] * real.unsqueeze(-1) for m in self.modalities], dim=0)
         if extra is not None:
             extra = extra.repeat(len(self.modalities), 1, 1)
-        out = self.transformer(stacked, extra).chunk(len(self.modalities), dim=0)
+        lengths = real.sum(dim=1).repeat(len(self.modalities))
+        out = self.transformer(stacked, extra, lengths=lengths).chunk(len(self.modalities), dim=0)
         return dict(zip(self.modalities, out))
 
     def _touched_items(self, batch: SequenceBatch, real: torch.Tensor, others: torch.Tensor):

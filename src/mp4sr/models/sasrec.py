@@ -38,7 +38,7 @@ class SASRec(Factorised, SequentialRecommender):
 
     def encode(self, batch: SequenceBatch) -> torch.Tensor:
         """[B, L, H] hidden states at every position."""
-        return self.transformer(self.item_embedding(batch.tokens))
+        return self.transformer(self.item_embedding(batch.tokens), lengths=batch.lengths)
 
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight[1:]

@@ -60,4 +60,4 @@ class SASRecM(ContentModel, SASRec):
 
     def encode(self, batch: SequenceBatch) -> torch.Tensor:
         table = torch.cat([self.item_embedding.weight[:1], self.item_table()])  # row 0: padding, zero
-        return self.transformer(table[batch.tokens])
+        return self.transformer(table[batch.tokens], lengths=batch.lengths)

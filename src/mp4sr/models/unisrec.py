@@ -97,7 +97,7 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
         real = batch.tokens != PAD
         items = (batch.tokens - 1).clamp(min=0)
         extra = self.id_embedding(items) * real.unsqueeze(-1) if self.id_embedding is not None else None
-        return self.transformer(reps(items) * real.unsqueeze(-1), extra)
+        return self.transformer(reps(items) * real.unsqueeze(-1), extra, lengths=real.sum(dim=1))
 
     # ------------------------------------------------------------------ pre-training: seq-item + lambda seq-seq
 
