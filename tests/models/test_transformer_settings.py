@@ -119,3 +119,20 @@ def test_every_transformer_model_numbers_positions_from_the_end_when_asked(name)
     loss = model.calculate_loss(_batch())
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "sasrecm", "cl4srec"])
+def test_item_dropout_drops_the_scoring_table_while_training_only(name):
+    torch.manual_seed(0)
+    plain = build_model(name, {"hidden": 8, "ffn": 16, "dropout": 0.0, "attn_dropout": 0.0}, _context())
+    dropped = build_model(name, {"hidden": 8, "ffn": 16, "dropout": 0.0, "attn_dropout": 0.0, "item_dropout": 0.5},
+                          _context())
+    dropped.load_state_dict(plain.state_dict())
+    if name == "cl4srec":  # its contrastive views are random by design; compare the next-item part alone
+        plain.config.cl_weight = dropped.config.cl_weight = 0.0
+    plain.train(), dropped.train()
+    batch = _batch()
+    base = plain.calculate_loss(batch)
+    assert not torch.allclose(dropped.calculate_loss(batch), base)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped.calculate_loss(batch), plain.calculate_loss(batch))

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
-from mp4sr.models.base import Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
+from mp4sr.models.base import FINETUNING, Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 from mp4sr.models.softmax import full_softmax_loss
@@ -18,6 +18,9 @@ class SASRecConfig(LossConfig, TransformerConfig):
     dropout: float = Field(0.5, description="dropout of embeddings and layers (RecBole: hidden_dropout_prob)")
     attn_dropout: float | None = Field(0.5, description="dropout of attention weights (RecBole: attn_dropout_prob); "
                                        "null: dropout")
+    item_dropout: float = Field(0.0, ge=0, lt=1, description="dropout of the item table that scores the outputs "
+                                "while training (RecTools' item net drops its embeddings wherever they are used)",
+                                json_schema_extra=FINETUNING)
 
 
 @register
@@ -47,10 +50,14 @@ class SASRec(Factorised, SequentialRecommender):
         hidden = self.encode(batch)
         keep = batch.targets != IGNORE
         targets = batch.targets[keep]
+        table = self.item_table()
+        dropped = getattr(self.config, "item_dropout", 0.0)  # GRU4Rec shares this loss and has no such setting
+        if dropped:
+            table = F.dropout(table, dropped, self.training)
         if self.sampler is not None:
             cands = self.sampler.sample(targets)
-            return sampled_softmax_loss(hidden[keep] @ self.item_table()[cands.items].T, cands)
-        return full_softmax_loss(hidden[keep], self.item_table(), targets)
+            return sampled_softmax_loss(hidden[keep] @ table[cands.items].T, cands)
+        return full_softmax_loss(hidden[keep], table, targets)
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         return last_positions(self.encode(batch), batch.lengths)
