@@ -121,7 +121,7 @@ def test_every_transformer_model_numbers_positions_from_the_end_when_asked(name)
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "sasrecm", "cl4srec"])
+@pytest.mark.parametrize("name", ["sasrec", "sasrecm", "cl4srec", "mp4sr"])
 def test_item_dropout_drops_the_scoring_table_while_training_only(name):
     torch.manual_seed(0)
     plain = build_model(name, {"hidden": 8, "ffn": 16, "dropout": 0.0, "attn_dropout": 0.0}, _context())
@@ -130,6 +130,9 @@ def test_item_dropout_drops_the_scoring_table_while_training_only(name):
     dropped.load_state_dict(plain.state_dict())
     if name == "cl4srec":  # its contrastive views are random by design; compare the next-item part alone
         plain.config.cl_weight = dropped.config.cl_weight = 0.0
+    if name == "mp4sr":  # the fine-tuning's loss, without the mixup's random draws
+        for model in (plain, dropped):
+            model.config.stage, model.config.mixup = "finetune", False
     plain.train(), dropped.train()
     batch = _batch()
     base = plain.calculate_loss(batch)

@@ -210,20 +210,24 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         extra = self.id_embedding(items_in) * real.unsqueeze(-1) if self.id_embedding is not None else None
         return self._encode({m: z_all[m][items_in] for m in self.modalities}, real, extra)
 
-    def _output_items(self, z_all: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """[n_items, H] normalised output side per modality: content, plus the ID embedding if any."""
+    def _output_items(self, z_all: dict[str, torch.Tensor] | None = None, dropout: float = 0.0) -> dict[str, torch.Tensor]:
+        """[n_items, H] normalised output side per modality: content, plus the ID embedding if any
+        (``dropout``: dropped before the normalisation, in training)."""
         z_all = self.all_item_reps() if z_all is None else z_all
-        if self.id_embedding is None:
-            return {m: F.normalize(z_all[m], dim=-1) for m in self.modalities}
-        ids = self.id_embedding(torch.arange(self.n_items, device=next(self.parameters()).device))
-        return {m: F.normalize(z_all[m] + ids, dim=-1) for m in self.modalities}
+        ids = (self.id_embedding(torch.arange(self.n_items, device=next(self.parameters()).device))
+               if self.id_embedding is not None else None)
+        out = {}
+        for m in self.modalities:
+            items = z_all[m] if ids is None else z_all[m] + ids
+            out[m] = F.normalize(F.dropout(items, dropout, self.training) if dropout else items, dim=-1)
+        return out
 
     def finetune_loss(self, batch: SequenceBatch) -> torch.Tensor:
         keep = batch.targets != IGNORE
         if self.sampler is not None:
             return self._sampled_finetune_loss(batch, keep)
         z_all = self.all_item_reps()
-        h, items = self._hidden(batch, z_all), self._output_items(z_all)
+        h, items = self._hidden(batch, z_all), self._output_items(z_all, self.config.item_dropout)
         # the sum over modalities of cosine scores is one product of the concatenations
         outputs = torch.cat([F.normalize(h[m][keep], dim=-1) for m in self.modalities], dim=-1)
         items = torch.cat([items[m] for m in self.modalities], dim=-1)
@@ -241,6 +245,8 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         scores = 0
         for m in self.modalities:
             zc = z[m][rows] + self.id_embedding(cands.items) if self.id_embedding is not None else z[m][rows]
+            if self.config.item_dropout:
+                zc = F.dropout(zc, self.config.item_dropout, self.training)
             scores = scores + F.normalize(h[m][keep], dim=-1) @ F.normalize(zc, dim=-1).T
         return sampled_softmax_loss(scores, cands, self.config.tau)
 

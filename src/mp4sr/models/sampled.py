@@ -54,6 +54,9 @@ class LossConfig(ModelConfig):
                                   json_schema_extra=FINETUNING)
     logq: bool = Field(True, description="sampled loss: subtract the log of each candidate's inclusion probability",
                        json_schema_extra=FINETUNING)
+    item_dropout: float = Field(0.0, ge=0, lt=1, description="dropout of the item representations that score the "
+                                "outputs while training (RecTools' item net drops its embeddings wherever they are used)",
+                                json_schema_extra=FINETUNING)
 
     def sampler(self, context) -> "CandidateSampler | None":
         if self.loss != "sampled":

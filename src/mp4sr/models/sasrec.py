@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
-from mp4sr.models.base import FINETUNING, Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
+from mp4sr.models.base import Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 from mp4sr.models.softmax import full_softmax_loss
@@ -18,9 +18,6 @@ class SASRecConfig(LossConfig, TransformerConfig):
     dropout: float = Field(0.5, description="dropout of embeddings and layers (RecBole: hidden_dropout_prob)")
     attn_dropout: float | None = Field(0.5, description="dropout of attention weights (RecBole: attn_dropout_prob); "
                                        "null: dropout")
-    item_dropout: float = Field(0.0, ge=0, lt=1, description="dropout of the item table that scores the outputs "
-                                "while training (RecTools' item net drops its embeddings wherever they are used)",
-                                json_schema_extra=FINETUNING)
 
 
 @register
