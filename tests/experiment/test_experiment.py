@@ -416,3 +416,20 @@ def test_an_experiment_on_a_text_only_dataset(scientific_mm_with, tmp_path):
             stages[record["stage"]] = ckpt["data_settings"]
     assert stages == {"pretrain": {"modalities": ["text"]}, "finetune": {"modalities": ["text"]}}
     assert "scientific-text" in outcome.files["results_md"].read_text()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_files_keep_their_records_where_git_keeps_them(path):
+    """The archive exists to be committed: git must not ignore what it records."""
+    import shutil
+    import subprocess
+
+    root = Path(__file__).parents[2]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    spec = load_spec(path)
+    assert spec.archive, f"{path.name} keeps no records (archive: results/<name>)"
+    record = Path(spec.archive) / "runs" / "0123456789ab" / "run.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(record)], cwd=root).returncode == 0
+    assert not ignored, f"git ignores {record}: the records of {path.name} would never be committed"
