@@ -92,6 +92,7 @@ def test_fdsa_needs_its_id_embeddings():
         build_model("fdsa", {"id_embedding": False}, _context())
 
 
+@pytest.mark.filterwarnings("ignore:Support for mismatched src_key_padding_mask")  # a bool padding, a float causal mask
 def test_positions_from_the_end_give_the_latest_item_position_zero():
     """From the end, a sequence of n items reads the position table backwards from row n-1 to row 0:
     the forward form with that table reversed, sequence by sequence, whatever the padding."""
