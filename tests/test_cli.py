@@ -155,3 +155,18 @@ def test_a_typo_in_params_fails_before_anything_runs(tmp_path):
     result = runner.invoke(app, ["train", "--model", "sasrec", "--set", "params.hiden=3", "--out", str(tmp_path / "t")])
     assert result.exit_code != 0 and not (tmp_path / "t").exists()
     assert "params.hiden: sasrec has no such setting (did you mean params.hidden?)" in str(result.exception)
+
+
+def test_compare_ranks_a_trained_run_again_under_the_other_protocol(tmp_path):
+    out = tmp_path / "pop"
+    result = runner.invoke(app, ["train", "--model", "pop", "--dataset", "amazon-scientific-mm", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["compare", str(out), str(out), "--protocol", "history_excluded", "--k", "10"])
+    assert result.exit_code == 0, result.output
+    assert "paired over 2,928 test users" in result.output and "recall@10" in result.output and "+0.0%" in result.output
+    import numpy as np
+
+    kept, excluded = np.load(out / "test_ranks.npy"), np.load(out / "test_ranks_history_excluded.npy")
+    assert (excluded < kept).mean() > 0.5  # the items of the history ranked above the target are gone
+    result = runner.invoke(app, ["compare", str(out), str(tmp_path / "none")])
+    assert result.exit_code != 0 and "no such run folder" in str(result.exception)

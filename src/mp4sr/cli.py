@@ -99,7 +99,7 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default runs/<...>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from its last.pt."),
 ) -> None:
-    """Train and evaluate one model; writes metrics.json, best.pt, last.pt, epochs.jsonl and config.yaml."""
+    """Train and evaluate one model; writes metrics.json, test_ranks.npy, best.pt, last.pt, epochs.jsonl and config.yaml."""
     from mp4sr.config import RunConfig, build_config
     from mp4sr.models.base import is_pretrainable
     from mp4sr.stages import check_overrides
@@ -466,6 +466,34 @@ def experiment(
         return
     console.print(f"{outcome.trained} runs trained, {outcome.missing} not finished; "
                   f"report: {outcome.files['results_md']}")
+
+
+@app.command()
+def compare(
+    a: str = typer.Argument(..., metavar="A", help="Run folder(s) A: outputs of `mp4sr train` / `finetune` / `run`, or an "
+                            "experiment's runs/<key> or archived record; several comma-separated (seeds) are averaged per user."),
+    b: str = typer.Argument(..., metavar="B", help="Run folder(s) B, the same way."),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol", "-p", help="history_kept or history_excluded (default: as the runs ranked their test sets); "
+        "a run without ranks that way is ranked again from its best.pt."),
+    k: list[int] = typer.Option([10, 20], "--k", help="Cut-offs of Recall@K and NDCG@K (repeatable)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Level of the detectable difference."),
+) -> None:
+    """Paired tests over test users between two sets of finished runs (t-test and Wilcoxon)."""
+    from mp4sr.report.compare import compare_runs
+
+    sides = [[part for part in side.split(",") if part.strip()] for side in (a, b)]
+    frame = compare_runs(*sides, protocol=protocol, ks=sorted(set(k)), alpha=alpha)
+    n_users = int(frame["n_users"].iloc[0])
+    table = Table(title=f"A ({len(sides[0])} run(s)) against B ({len(sides[1])}), paired over {n_users:,} test users"
+                        f"{f', {protocol}' if protocol else ''}")
+    for col in ("metric", "A", "B", "change", "t-test p", "Wilcoxon p", "detectable"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in frame.itertuples():
+        table.add_row(row.metric, f"{row.a:.4f}", f"{row.b:.4f}", f"{row.change_pct:+.1f}%", f"{row.p_ttest:.2g}",
+                      f"{row.p_wilcoxon:.2g}", f"{row.detectable_pct:.1f}%")
+    _out_console().print(table)
+    console.print(f"detectable: the smallest difference a paired t-test over these users finds 4 times in 5 at p < {alpha}")
 
 
 def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]], overrides: Optional[list[str]]) -> None:

@@ -1,7 +1,7 @@
 """Run an experiment's plan, never redoing a finished run, in one process or several.
 
 Each run lives in ``<out>/runs/<key>/``: what ``train_run`` writes (config.yaml, metrics.json,
-epochs.jsonl, best.pt), ``test_ranks.npy`` (0-based rank of each test user's item) and, written last,
+epochs.jsonl, best.pt, ``test_ranks.npy``: the 0-based rank of each test user's item) and, written last,
 ``run.json``: a run is finished exactly when its ``run.json`` exists. A folder without one is what an
 interrupted run left behind: the run continues from its ``last.pt`` (same settings, since the key is a
 hash of them), or starts again when there is none.
@@ -239,9 +239,6 @@ def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
         shutil.rmtree(folder)
         t0 = time.perf_counter()
         output = train_run(run.config, folder, dataset=dataset)
-    np.save(folder / "test_ranks.npy", np.asarray(output.result.test_ranks, dtype=np.int64))
-    for protocol, ranking in output.result.test_by_protocol.items():
-        np.save(folder / f"test_ranks_{protocol}.npy", np.asarray(ranking.ranks, dtype=np.int64))
     (folder / "last.pt").unlink(missing_ok=True)  # only needed to resume this run, which is finished
     # "stage": 'pretrain' or 'finetune' (the records of runs finished before the two stages had one
     # vocabulary say 'final' for 'finetune'); informative only, nothing reads it back.

@@ -93,7 +93,7 @@ def significance_frame(results: list[RunResult], summary: pd.DataFrame, metrics:
             a, b = users[(dataset, ref)][m], users[(dataset, best)][m]
             rows.append({"dataset": dataset, "metric": m, "reference": ref, "best_baseline": best,
                          "reference_mean": float(a.mean()), "baseline_mean": float(b.mean()),
-                         "improvement_pct": _pct(a.mean() - b.mean(), b.mean()), **_paired(a, b, alpha)})
+                         "improvement_pct": _pct(a.mean() - b.mean(), b.mean()), **paired_test(a, b, alpha)})
     return _with_p(pd.DataFrame(rows), test)
 
 
@@ -114,7 +114,7 @@ def ablation_frame(results: list[RunResult], summary: pd.DataFrame, metrics: lis
                 a, b = users[(dataset, entry)][m], users[(dataset, ref)][m]
                 rows.append({"dataset": dataset, "metric": m, "ablation": entry, "reference": ref,
                              "ablation_mean": float(a.mean()), "reference_mean": float(b.mean()),
-                             "change_pct": _pct(a.mean() - b.mean(), b.mean()), **_paired(a, b, alpha)})
+                             "change_pct": _pct(a.mean() - b.mean(), b.mean()), **paired_test(a, b, alpha)})
     return _with_p(pd.DataFrame(rows), test)
 
 
@@ -130,7 +130,9 @@ def minimal_detectable_effect(a: np.ndarray, b: np.ndarray, alpha: float = 0.05,
     return float((stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)) * d.std(ddof=1) / np.sqrt(len(d)))
 
 
-def _paired(a: np.ndarray, b: np.ndarray, alpha: float) -> dict[str, Any]:
+def paired_test(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> dict[str, Any]:
+    """Per-user values ``a`` against ``b``: the number of users, the p-values of the paired t-test and of
+    the Wilcoxon signed-rank test, and the smallest difference the t-test detects, relative to b's mean."""
     from scipy import stats
 
     return {"n_users": len(a), "p_ttest": _p(stats.ttest_rel, a, b), "p_wilcoxon": _p(stats.wilcoxon, a, b),

@@ -1,4 +1,4 @@
-"""One training run from a RunConfig: data -> split -> model -> trainer -> metrics.json + checkpoint."""
+"""One training run from a RunConfig: data -> split -> model -> trainer -> metrics.json, test ranks + checkpoint."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import yaml
 
@@ -80,6 +81,15 @@ def load_encoder(model: SequentialRecommender, pretrained: dict[str, Any]) -> No
     model.load_pretrained(pretrained["state_dict"])
 
 
+def save_test_ranks(result: TrainResult, out: Path) -> None:
+    """``test_ranks.npy``: the 0-based rank of each test user's item (in the order of the leave-one-out
+    split), for paired tests between runs (``mp4sr compare``); with ``eval.test_both_protocols`` also
+    ``test_ranks_history_kept.npy`` and ``test_ranks_history_excluded.npy``."""
+    np.save(out / "test_ranks.npy", np.asarray(result.test_ranks, dtype=np.int64))
+    for protocol, ranking in result.test_by_protocol.items():
+        np.save(out / f"test_ranks_{protocol}.npy", np.asarray(ranking.ranks, dtype=np.int64))
+
+
 def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dataset | None = None,
               resume: bool = False,
               on_epoch: Callable[[EpochRecord], None] | None = None) -> RunOutput:
@@ -130,5 +140,6 @@ def train_run(config: RunConfig, out_dir: str | Path | None = None, dataset: Dat
     output = RunOutput(config, dataset, split, model, result)
     if out and distributed.is_main():
         (out / "metrics.json").write_text(json.dumps(output.metrics(), indent=2))
+        save_test_ranks(result, out)
     distributed.barrier()  # what rank 0 wrote is there before any process goes on
     return output
