@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import textwrap
 from pathlib import Path
@@ -244,6 +245,24 @@ def test_an_archive_keeps_the_records_of_finished_runs_for_a_new_checkout(tmp_pa
     ours = pd.read_csv(tmp_path / "second" / "results.csv").set_index("entry")
     theirs = pd.read_csv(first.out / "results.csv").set_index("entry")
     assert ours.loc["mp4sr", "ndcg@10_mean"] == theirs.loc["mp4sr", "ndcg@10_mean"]
+
+
+def test_the_report_and_the_status_read_the_archive_of_a_new_checkout(tmp_path):
+    """--report-only and --status in an output folder that holds no runs count the archive's records:
+    the report has every row, copies nothing and trains nothing."""
+    path = _archive_spec(tmp_path, [TINY["models"][0], TINY["models"][3]])
+    first = run_experiment(path, tmp_path / "first")
+    report = run_experiment(path, tmp_path / "fresh", train=False)
+    assert report.trained == 0 and report.missing == 0
+    assert not (tmp_path / "fresh" / "runs").exists() or not list((tmp_path / "fresh" / "runs").iterdir())
+    ours = pd.read_csv(tmp_path / "fresh" / "results.csv").set_index("entry")
+    theirs = pd.read_csv(first.out / "results.csv").set_index("entry")
+    assert set(ours.index) == set(theirs.index) == {"pop", "mp4sr"}
+    assert ours.loc["mp4sr", "ndcg@10_mean"] == theirs.loc["mp4sr", "ndcg@10_mean"]
+    _, rows = runner.experiment_status(path, tmp_path / "other")
+    assert all(row.finished == row.planned == 1 for row in rows) and len(rows) == 3
+    shutil.rmtree(tmp_path / "archive")
+    assert run_experiment(path, tmp_path / "empty", train=False).missing == 2
 
 
 def test_a_new_fine_tuning_trains_again_a_pre_training_known_only_from_its_record(tmp_path):

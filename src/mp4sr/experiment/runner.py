@@ -267,18 +267,20 @@ class StatusRow:
     seconds: float = 0.0  # training time of the finished runs
 
 
-def plan_status(plan: Plan, runs_dir: Path) -> list[StatusRow]:
-    """One row per (dataset, entry, stage) of ``plan``, in plan order; reads only small files."""
+def plan_status(plan: Plan, runs_dir: Path, records: list[Path] = ()) -> list[StatusRow]:
+    """One row per (dataset, entry, stage) of ``plan``, in plan order; reads only small files. A run
+    finished in one of ``records`` (an archive's or a reused experiment's runs) counts as finished."""
     rows: dict[tuple[str, str, str], StatusRow] = {}
     for run in plan.runs:
         row = rows.setdefault((run.dataset.key, run.entry, run.stage),
                               StatusRow(run.dataset.key, run.entry, run.stage))
         row.planned += 1
         folder = runs_dir / run.key
-        if is_done(runs_dir, run.key):
+        source = finished_in(run.key, runs_dir, records)
+        if source is not None:
             row.finished += 1
             try:
-                row.seconds += float(json.loads((folder / DONE).read_text()).get("seconds", 0.0))
+                row.seconds += float(json.loads((source / run.key / DONE).read_text()).get("seconds", 0.0))
             except (OSError, ValueError):
                 pass
         elif _claim_is_live(runs_dir / f"{run.key}.claim"):
@@ -296,7 +298,8 @@ def experiment_status(path: str | Path, out: str | Path | None = None, only: lis
     out = output_folder(spec, out)
     runs_dir = (out / "runs").resolve()
     tasks = search_tasks(spec, runs_dir, only, overrides)
-    rows = plan_status(make_plan(spec, runs_dir, only, list(overrides or []), read_tuned(tasks, out)), runs_dir)
+    plan = make_plan(spec, runs_dir, only, list(overrides or []), read_tuned(tasks, out))
+    rows = plan_status(plan, runs_dir, record_folders(spec))
     return out, search_status(tasks, out) + rows
 
 
@@ -379,11 +382,25 @@ def read_tuned(tasks: list[SearchTask], out: Path) -> dict[tuple[str, str], dict
     return found
 
 
-def load_result(runs_dir: Path, cell: Cell) -> RunResult | None:
-    """The stored outcome of a finished final run (None when it is not finished)."""
-    folder = runs_dir / cell.key
-    if not is_done(runs_dir, cell.key):
+def finished_in(key: str, runs_dir: Path, records: list[Path] = ()) -> Path | None:
+    """The runs folder that holds the finished run ``key``: ``runs_dir``, else the first of ``records``
+    (the ``runs/`` folders of an archive or of reused experiments) that has it; None when none has."""
+    return next((folder for folder in [runs_dir, *records] if is_done(folder, key)), None)
+
+
+def record_folders(spec: ExperimentSpec) -> list[Path]:
+    """The ``runs/`` folders whose finished runs count for ``spec`` besides its own: its archive's,
+    then its reused experiments'."""
+    return [Path(folder) / "runs" for folder in ([spec.archive] if spec.archive else []) + list(spec.reuse)]
+
+
+def load_result(runs_dir: Path, cell: Cell, records: list[Path] = ()) -> RunResult | None:
+    """The stored outcome of a finished final run, from ``runs_dir`` or else from a record (None when
+    no folder has it finished)."""
+    source = finished_in(cell.key, runs_dir, records)
+    if source is None:
         return None
+    folder = source / cell.key
     metrics = json.loads((folder / "metrics.json").read_text())
     history_file = folder / "epochs.jsonl"
     history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()] \
@@ -466,7 +483,7 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
             archive_run(runs_dir / run.key, archive)
     if not report:
         return ExperimentOutcome(out, trained, 0, {})
-    loaded = [load_result(runs_dir, cell) for cell in plan.cells]
+    loaded = [load_result(runs_dir, cell, record_folders(spec)) for cell in plan.cells]
     results = [r for r in loaded if r is not None]
     used = {c.dataset for c in plan.cells}
     splits = {d.key: datasets.split(d) for d in spec.datasets if d.key in used} if spec.coldstart else {}
