@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +181,7 @@ def execute(plan: Plan, runs_dir: Path, datasets: DatasetCache | None = None, po
     reuse = list(reuse or []) + ([archive] if archive is not None else [])
     # the pre-trainings that a fine-tuning still to train (here, or found nowhere else) starts from
     pending = {r.pretrain_key for r in plan.runs if r.pretrain_key
-               and not any(is_done(folder, r.key) for folder in [runs_dir, *(other / "runs" for other in reuse)])}
+               and finished_in(r.key, runs_dir, [other / "runs" for other in reuse]) is None}
     if checkpoints:
         pending |= {r.key for r in plan.runs}
     for key in pending:  # a pre-training known only from its record is trained again for its fine-tunings
@@ -267,7 +268,7 @@ class StatusRow:
     seconds: float = 0.0  # training time of the finished runs
 
 
-def plan_status(plan: Plan, runs_dir: Path, records: list[Path] = ()) -> list[StatusRow]:
+def plan_status(plan: Plan, runs_dir: Path, records: Sequence[Path] = ()) -> list[StatusRow]:
     """One row per (dataset, entry, stage) of ``plan``, in plan order; reads only small files. A run
     finished in one of ``records`` (an archive's or a reused experiment's runs) counts as finished."""
     rows: dict[tuple[str, str, str], StatusRow] = {}
@@ -382,19 +383,19 @@ def read_tuned(tasks: list[SearchTask], out: Path) -> dict[tuple[str, str], dict
     return found
 
 
-def finished_in(key: str, runs_dir: Path, records: list[Path] = ()) -> Path | None:
+def finished_in(key: str, runs_dir: Path, records: Sequence[Path] = ()) -> Path | None:
     """The runs folder that holds the finished run ``key``: ``runs_dir``, else the first of ``records``
     (the ``runs/`` folders of an archive or of reused experiments) that has it; None when none has."""
     return next((folder for folder in [runs_dir, *records] if is_done(folder, key)), None)
 
 
 def record_folders(spec: ExperimentSpec) -> list[Path]:
-    """The ``runs/`` folders whose finished runs count for ``spec`` besides its own: its archive's,
-    then its reused experiments'."""
-    return [Path(folder) / "runs" for folder in ([spec.archive] if spec.archive else []) + list(spec.reuse)]
+    """The ``runs/`` folders whose finished runs count for ``spec`` besides its own, in the order
+    ``execute`` copies from them: its reused experiments', then its archive's."""
+    return [Path(folder) / "runs" for folder in list(spec.reuse) + ([spec.archive] if spec.archive else [])]
 
 
-def load_result(runs_dir: Path, cell: Cell, records: list[Path] = ()) -> RunResult | None:
+def load_result(runs_dir: Path, cell: Cell, records: Sequence[Path] = ()) -> RunResult | None:
     """The stored outcome of a finished final run, from ``runs_dir`` or else from a record (None when
     no folder has it finished)."""
     source = finished_in(cell.key, runs_dir, records)
@@ -483,7 +484,8 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
             archive_run(runs_dir / run.key, archive)
     if not report:
         return ExperimentOutcome(out, trained, 0, {})
-    loaded = [load_result(runs_dir, cell, record_folders(spec)) for cell in plan.cells]
+    records = record_folders(spec)
+    loaded = [load_result(runs_dir, cell, records) for cell in plan.cells]
     results = [r for r in loaded if r is not None]
     used = {c.dataset for c in plan.cells}
     splits = {d.key: datasets.split(d) for d in spec.datasets if d.key in used} if spec.coldstart else {}
