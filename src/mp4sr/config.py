@@ -66,6 +66,8 @@ class TrainSettings(Section):
         "'adamw': decoupled weight decay, each step shrinks the weights by lr * weight_decay"
     )
     weight_decay: float = Field(0.0, ge=0, description="weight decay (see optimizer)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's (or AdamW's) coefficients of the running "
+                                       "means of the gradient and of its square (RecTools': [0.9, 0.98])")
     no_decay: list[NoDecay] | None = Field(
         None, description="parameters without weight decay: any of bias, norm, embedding; "
         "default (null): [bias, norm] with adamw, none with adam"

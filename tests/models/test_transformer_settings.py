@@ -140,3 +140,117 @@ def test_item_dropout_drops_the_scoring_table_while_training_only(name):
     assert not torch.allclose(dropped.calculate_loss(batch), base)
     plain.eval(), dropped.eval()
     torch.testing.assert_close(dropped.calculate_loss(batch), plain.calculate_loss(batch))
+
+
+def test_the_sasrec_block_normalises_the_query_and_not_the_keys_and_values():
+    """One layer of block 'sasrec', written out: q = LN(x); x = q + MHA(q, x, x); y = LN(x); y + FFN(y)
+    with a ReLU feed-forward, then the final LayerNorm; PyTorch's pre-LN layer computes another function."""
+    torch.manual_seed(0)
+    t = CausalTransformer(8, 1, 2, 16, 0.0, 5, norm_first=True, block="sasrec").eval()
+    for p in t.parameters():  # LayerNorms away from the identity, so that normalising or not shows
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(2, 5, 8) * 2 + 1
+    h = x + t.position.weight[:5][None]
+    layer = t.encoder[0]
+    mask = torch.triu(torch.full((5, 5), float("-inf")), diagonal=1)
+    q = layer.q_norm(h)
+    h = q + layer.self_attn(q, h, h, attn_mask=mask, need_weights=False)[0]
+    y = layer.ff_norm(h)
+    ffn = layer.feed_forward
+    y = y + ffn[3](torch.relu(ffn[0](y)))
+    torch.testing.assert_close(t(x), t.norm(y))
+    # keys and values normalised instead: a different output
+    h = x + t.position.weight[:5][None]
+    q = layer.q_norm(h)
+    wrong = q + layer.self_attn(q, q, q, attn_mask=mask, need_weights=False)[0]
+    wrong = layer.ff_norm(wrong)
+    wrong = wrong + ffn[3](torch.relu(ffn[0](wrong)))
+    assert not torch.allclose(t(x), t.norm(wrong), atol=1e-3)
+    later = x.clone()
+    later[:, 3:] += 5
+    torch.testing.assert_close(t(later)[:, :3], t(x)[:, :3])  # causal
+
+
+@pytest.mark.parametrize("name", TRANSFORMER_MODELS)
+def test_every_transformer_model_trains_with_the_sasrec_block(name):
+    model = build_model(name, {"hidden": 8, "ffn": 16, "norm_first": True, "block": "sasrec"}, _context())
+    transformers = [m for m in model.modules() if isinstance(m, CausalTransformer)]
+    assert transformers and all(t.block == "sasrec" and len(t.encoder) == 2 for t in transformers)
+    loss = model.calculate_loss(_batch())
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="norm_first"):
+        build_model(name, {"hidden": 8, "ffn": 16, "block": "sasrec"}, _context())
+
+
+@pytest.mark.parametrize("name", ["sasrec", "mp4sr"])
+def test_xavier_init_draws_weight_matrices_at_their_fan_and_keeps_padding_zero(name):
+    torch.manual_seed(0)
+    normal = build_model(name, {"hidden": 32, "ffn": 64}, _context())
+    xavier = build_model(name, {"hidden": 32, "ffn": 64, "init": "xavier"}, _context())
+    position = dict(xavier.named_parameters())["transformer.position.weight"]  # [6, 32]
+    assert position.std().item() == pytest.approx((2 / (6 + 32)) ** 0.5, rel=0.25)
+    assert dict(normal.named_parameters())["transformer.position.weight"].std().item() == pytest.approx(0.02, rel=0.25)
+    for module in xavier.modules():
+        if isinstance(module, torch.nn.Embedding) and module.padding_idx is not None:
+            assert not module.weight[module.padding_idx].any()
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            assert not module.bias.any()
+    with pytest.raises(ConfigError, match="init"):
+        build_model(name, {"init": "uniform"}, _context())
+
+
+@pytest.mark.parametrize("name", ["sasrec", "sasrecm"])
+def test_item_dropout_of_the_input_drops_the_input_items_with_the_scoring_table(name):
+    settings = {"hidden": 8, "ffn": 16, "dropout": 0.0, "attn_dropout": 0.0, "item_dropout": 0.5}
+    scoring = build_model(name, settings, _context())
+    both = build_model(name, {**settings, "item_dropout_input": True}, _context())
+    both.load_state_dict(scoring.state_dict())
+    scoring.train(), both.train()
+    torch.manual_seed(1)
+    dropped_scoring = scoring.calculate_loss(_batch())
+    torch.manual_seed(1)
+    assert not torch.allclose(both.calculate_loss(_batch()), dropped_scoring)
+    scoring.eval(), both.eval()
+    torch.testing.assert_close(both.calculate_loss(_batch()), scoring.calculate_loss(_batch()))
+
+
+def test_fdsa_refuses_input_item_dropout():
+    with pytest.raises(ConfigError, match="item_dropout_input"):
+        build_model("fdsa", {"item_dropout": 0.2, "item_dropout_input": True}, _context())
+
+
+def test_the_padding_sink_is_attention_to_a_left_padding_of_zero_inputs():
+    """A SASRec layer with the sink over n items equals the same layer over the items left-padded with
+    zero inputs to max_len, with no padding key masked (RecTools' form), at the items' positions."""
+    from mp4sr.models.layers import SASRecBlock
+
+    torch.manual_seed(0)
+    layer = SASRecBlock(8, 2, 16, 0.0, 0.0, 0.0, 1e-8).eval()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # biases matter here: they are the padding's keys and values
+    n, max_len = 3, 7
+    x = torch.randn(2, n, 8)
+    causal = lambda size: torch.triu(torch.full((size, size), float("-inf")), diagonal=1)  # noqa: E731
+    out = layer(x, causal(n), None, sink=torch.tensor([max_len - n, 0]))
+    padded = torch.cat([torch.zeros(1, max_len - n, 8), x[:1]], dim=1)
+    torch.testing.assert_close(out[0], layer(padded, causal(max_len), None)[0, max_len - n:])
+    torch.testing.assert_close(out[1], layer(x[1:], causal(n), None)[0])  # a full sequence: no sink
+    assert not torch.allclose(out[0], layer(x[:1], causal(n), None)[0], atol=1e-3)
+
+
+def test_the_padding_sink_follows_each_sequences_length_and_needs_the_sasrec_block():
+    torch.manual_seed(0)
+    model = build_model("sasrec", {"hidden": 8, "ffn": 16, "norm_first": True, "block": "sasrec",
+                                   "padding_sink": True}, _context())
+    assert all(t.padding_sink for t in model.modules() if isinstance(t, CausalTransformer))
+    batch = _batch()
+    model.eval()
+    alone = SequenceBatch(batch.tokens[1:, :2], torch.tensor([2]), torch.arange(1), targets=batch.targets[1:, :2])
+    torch.testing.assert_close(model.user_vectors(batch)[1:], model.user_vectors(alone))  # not the batch's padding
+    model.train()
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="padding_sink"):
+        build_model("sasrec", {"norm_first": True, "padding_sink": True}, _context())

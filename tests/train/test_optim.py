@@ -94,3 +94,11 @@ def test_exempt_parameters_do_not_move(optimizer):
         if optimizer == "adamw":
             factor = 1.0 if exempt else 1 - settings.lr * settings.weight_decay
             torch.testing.assert_close(p.detach(), before[name] * factor)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_betas_reach_the_optimiser(optimizer):
+    default = make_optimizer(_sasrec(), TrainSettings(optimizer=optimizer))
+    assert all(g["betas"] == (0.9, 0.999) for g in default.param_groups)
+    rectools = make_optimizer(_sasrec(), TrainSettings(optimizer=optimizer, betas=[0.9, 0.98]))
+    assert all(g["betas"] == (0.9, 0.98) for g in rectools.param_groups)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
@@ -53,6 +53,24 @@ class TransformerConfig(ModelConfig):
         "forward", description="number each sequence's items from its first (RecBole's) or from its last "
         "(from_end: the latest item always at position 0, as the original SASRec's left padding and RecTools' "
         "inverse positions give)")
+    block: Literal["standard", "sasrec"] = Field(
+        "standard", description="the transformer layer: PyTorch's (GELU feed-forward, in the form norm_first "
+        "picks) or the original SASRec's (sasrec: the query normalised, keys and values not, residuals from the "
+        "normalised input, ReLU feed-forward; RecTools' layer; needs norm_first=true)")
+    padding_sink: bool = Field(False, description="with block=sasrec: every position also attends to the zero "
+                               "inputs that padding each sequence on the left to max_len would give, keys and values "
+                               "the attention's biases (RecTools' SASRec, which masks no padding key)")
+    init: Literal["normal", "xavier"] = Field(
+        "normal", description="initialisation: N(0, 0.02) weights (BERT's, RecBole's) or Xavier-normal weight "
+        "matrices and embeddings (xavier: RecTools')")
+
+    @model_validator(mode="after")
+    def _sasrec_block_is_pre_ln(self):
+        if self.block == "sasrec" and not self.norm_first:
+            raise ValueError("block 'sasrec' is the original SASRec's pre-LN layer: set norm_first=true with it")
+        if self.padding_sink and self.block != "sasrec":
+            raise ValueError("padding_sink is a form of block 'sasrec': set block=sasrec with it")
+        return self
 
 
 # Field metadata of settings that only one stage of a pre-trained model reads, e.g.

@@ -19,7 +19,7 @@ from torch import nn
 
 from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.models.base import ModelContext, SequentialRecommender, TransformerConfig, register
-from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.layers import CausalTransformer, initialise, last_positions
 from mp4sr.models.softmax import full_softmax_loss
 
 
@@ -62,7 +62,7 @@ class BERT4Rec(SequentialRecommender):
         self.transformer = CausalTransformer.from_config(config, context.max_len + 1)
         self.head = nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.LayerNorm(config.hidden))
         self.output_bias = nn.Parameter(torch.zeros(context.n_items))
-        self.apply(init_weights)
+        initialise(self, config.init)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, L, H]: every position attends to every real position (padding is masked out)."""

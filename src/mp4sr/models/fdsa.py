@@ -18,7 +18,7 @@ from mp4sr.data.batching import PAD, SequenceBatch
 from mp4sr.errors import ConfigError
 from mp4sr.models.base import ContentModel, ModelContext, register
 from mp4sr.models.items import AttentionPooling, ContentProjection, PoolScorer, feature_tables
-from mp4sr.models.layers import CausalTransformer, init_weights
+from mp4sr.models.layers import CausalTransformer, initialise
 from mp4sr.models.sasrec import SASRec
 from mp4sr.models.sasrecm import SASRecMConfig
 
@@ -44,6 +44,9 @@ class FDSA(ContentModel, SASRec):
         if not config.id_embedding:
             raise ConfigError("fdsa scores items by their ID embeddings (its item-level branch): "
                               "params.id_embedding must stay true")
+        if config.item_dropout_input:
+            raise ConfigError("fdsa reads its input items from two tables (IDs and content), so params.item_dropout "
+                              "drops the scoring table only: params.item_dropout_input must stay false")
         super().__init__(config, context)  # the item-level branch
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden, config)
         self.modalities = list(self.content.modalities)
@@ -53,7 +56,7 @@ class FDSA(ContentModel, SASRec):
         self.concat = nn.Linear(2 * config.hidden, config.hidden)
         self.out_norm = nn.LayerNorm(config.hidden, eps=1e-12)
         self.out_dropout = nn.Dropout(config.dropout)
-        self.apply(init_weights)
+        initialise(self, config.init)
 
     def data_settings(self) -> dict:
         return {"modalities": list(self.content.modalities)}

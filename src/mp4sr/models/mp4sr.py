@@ -32,7 +32,7 @@ from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.models.base import (FINETUNING, PRETRAINING, Factorised, ModelContext, Pretrainable,
                                SequentialRecommender, TransformerConfig, register)
 from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
-from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.layers import CausalTransformer, initialise, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
 from mp4sr.models.softmax import full_softmax_loss
@@ -104,7 +104,7 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         self.id_embedding = (
             IDEmbedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )
-        self.apply(init_weights)
+        initialise(self, config.init)
         self.sampler = config.sampler(context)  # sampled fine-tuning (params.loss=sampled), else None
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():

@@ -20,7 +20,7 @@ from torch import nn
 from mp4sr.data.batching import SequenceBatch
 from mp4sr.models.base import ContentModel, ModelContext, register
 from mp4sr.models.items import Adaptor, ContentConfig, ContentProjection, Pooling, described, feature_tables
-from mp4sr.models.layers import init_weights
+from mp4sr.models.layers import initialise
 from mp4sr.models.sasrec import SASRec, SASRecConfig
 
 Modality = Literal["text", "image"]
@@ -46,7 +46,7 @@ class SASRecM(ContentModel, SASRec):
     def __init__(self, config: SASRecMConfig, context: ModelContext):
         super().__init__(config, context)
         self.content = ContentProjection(feature_tables(context, config.modalities, self.name), config.hidden, config)
-        self.content.apply(init_weights)
+        initialise(self.content, config.init)
         self.modalities = list(self.content.modalities)
         if not config.id_embedding:  # the ID table stays zero and untrained: items are their content
             nn.init.zeros_(self.item_embedding.weight)
@@ -58,6 +58,7 @@ class SASRecM(ContentModel, SASRec):
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight[1:] + self.content()
 
-    def encode(self, batch: SequenceBatch) -> torch.Tensor:
-        table = torch.cat([self.item_embedding.weight[:1], self.item_table()])  # row 0: padding, zero
-        return self.transformer(table[batch.tokens], lengths=batch.lengths)
+    def encode(self, batch: SequenceBatch, table: torch.Tensor | None = None) -> torch.Tensor:
+        table = self.item_table() if table is None else table
+        rows = torch.cat([table.new_zeros(1, table.shape[1]), table])  # row 0: padding
+        return self.transformer(rows[batch.tokens], lengths=batch.lengths)

@@ -35,7 +35,7 @@ from mp4sr.data.batching import IGNORE, PAD, SequenceBatch
 from mp4sr.models.base import (FINETUNING, PRETRAINING, Factorised, ModelContext, Pretrainable,
                                SequentialRecommender, TransformerConfig, register)
 from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
-from mp4sr.models.layers import CausalTransformer, init_weights, last_positions
+from mp4sr.models.layers import CausalTransformer, initialise, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
 from mp4sr.models.softmax import full_softmax_loss
 
@@ -87,7 +87,7 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
         self.id_embedding = (
             IDEmbedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )
-        self.apply(init_weights)
+        initialise(self, config.init)
 
     # ------------------------------------------------------------------ the sequence encoder
 

@@ -62,4 +62,5 @@ def optimizer_groups(model, settings: TrainSettings) -> list[dict]:
 def make_optimizer(model, settings: TrainSettings) -> torch.optim.Optimizer:
     """``train.optimizer`` over :func:`optimizer_groups`."""
     cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
-    return cls(optimizer_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
+    return cls(optimizer_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay,
+               betas=tuple(settings.betas))
