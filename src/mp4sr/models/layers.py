@@ -132,6 +132,8 @@ class CausalTransformer(nn.Module):
             raise ValueError(f"block must be 'standard' or 'sasrec', not {block!r}")
         if block == "sasrec" and not norm_first:
             raise ValueError("block 'sasrec' is a pre-LN layer: set norm_first=true with it")
+        if padding_sink and block != "sasrec":
+            raise ValueError("padding_sink is a form of block 'sasrec': set block='sasrec' with it")
         self.from_end = positions == "from_end"
         self.max_len = max_len
         self.position = nn.Embedding(max_len, hidden)
@@ -139,8 +141,6 @@ class CausalTransformer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
         self.block = block
-        if padding_sink and block != "sasrec":
-            raise ValueError("padding_sink is a form of block 'sasrec': set block='sasrec' with it")
         self.padding_sink = padding_sink
         if block == "sasrec":  # a list of SASRecBlock, in place of PyTorch's encoder
             self.encoder = nn.ModuleList(
