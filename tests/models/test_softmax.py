@@ -9,12 +9,21 @@ from mp4sr.data.batching import IGNORE, SequenceBatch
 from mp4sr.models import ModelContext, build_model
 from mp4sr.models import bert4rec, mp4sr, sasrec, unisrec
 from mp4sr.models.items import ItemTable
-from mp4sr.models.softmax import full_softmax_loss
+from mp4sr.errors import ConfigError
+from mp4sr.models.softmax import full_softmax_loss, seen_items
 
 
-def _plain(outputs, items, targets, scale=1.0, bias=None):
+def _plain(outputs, items, targets, scale=1.0, bias=None, exclude=None):
     scores = scale * outputs @ items.T
-    return F.cross_entropy(scores + bias if bias is not None else scores, targets)
+    scores = scores + bias if bias is not None else scores
+    if exclude is not None:  # written out row by row
+        minus_inf = torch.zeros_like(scores)
+        for row, excluded in enumerate(exclude.tolist()):
+            for item in excluded:
+                if item >= 0:
+                    minus_inf[row, item] = float("-inf")
+        scores = scores + minus_inf
+    return F.cross_entropy(scores, targets)
 
 
 def _inputs(n=37, v=53, d=8, bias=False, seed=0):
@@ -38,6 +47,45 @@ def test_loss_and_gradients_equal_the_plain_cross_entropy(block_rows, scale, bia
     assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_rows", [0, 1, 5, 37])
+def test_excluded_items_leave_each_rows_softmax(block_rows):
+    outputs, items, targets, _ = _inputs()
+    g = torch.Generator().manual_seed(5)
+    exclude = torch.randint(-1, items.shape[0], (len(targets), 6), generator=g)
+    exclude[exclude == targets[:, None]] = -1  # never the row's target
+    exclude[0] = -1  # a row that excludes nothing
+    exclude[1, :] = (targets[1] + 1) % items.shape[0]  # the same item named several times
+    loss = full_softmax_loss(outputs, items, targets, 2.0, block_rows=block_rows, exclude=exclude)
+    expected = _plain(outputs, items, targets, 2.0, exclude=exclude)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert loss.item() < _plain(outputs, items, targets, 2.0).item()  # fewer competitors, a lower loss
+    for got, want in zip(torch.autograd.grad(loss, [outputs, items]),
+                         torch.autograd.grad(expected, [outputs, items])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_seen_items_are_the_earlier_items_of_each_output_except_its_target():
+    # sequences (item indexes) 3 5 3 7 and 2 4; tokens are index + 1, targets the next item
+    tokens = torch.tensor([[4, 6, 4, 8], [3, 5, 0, 0]])
+    targets = torch.tensor([[5, 3, 7, IGNORE], [4, 9, IGNORE, IGNORE]])
+    batch = SequenceBatch(tokens, torch.tensor([4, 2]), torch.arange(2), targets=targets)
+    assert seen_items(batch).tolist() == [
+        [3, -1, -1, -1],  # before 5: item 3
+        [-1, 5, -1, -1],  # before 3 (a repeat): 5; the earlier 3 is the target itself
+        [3, 5, 3, -1],  # before 7
+        [2, -1, -1, -1],
+        [2, 4, -1, -1],
+    ]
+    keep = targets != IGNORE
+    keep[0, 0] = False  # the outputs a model selects, in the same order
+    assert seen_items(batch, keep).tolist()[0] == [-1, 5, -1, -1]
+
+
+def test_history_negatives_need_the_full_softmax():
+    with pytest.raises(ConfigError, match="loss=full"):
+        build_model("sasrec", {"loss": "sampled", "history_negatives": False}, ModelContext(10))
 
 
 def test_extreme_scores_stay_finite():
@@ -123,5 +171,34 @@ def test_models_train_with_the_loss_and_gradients_of_the_plain_form(name, module
     expected, expected_grads = loss_and_grads()
     assert loss == pytest.approx(expected, rel=1e-5)
     assert grads.keys() == expected_grads.keys() and grads
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("name,module", [("sasrec", sasrec), ("sasrecm", sasrec), ("cl4srec", sasrec),
+                                         ("unisrec", unisrec), ("mp4sr", mp4sr)])
+def test_models_without_history_negatives_leave_the_seen_items_out_of_the_softmax(name, module, monkeypatch):
+    torch.manual_seed(0)
+    context = ModelContext(N_ITEMS, max_len=10, features=_features())
+    default = build_model(name, {"hidden": 16}, context)
+    model = build_model(name, {"hidden": 16, "history_negatives": False}, context)
+    model.load_state_dict(default.state_dict())
+    model.eval(), default.eval()
+    batch = _batch()
+    assert (seen_items(batch) >= 0).any()
+
+    def loss_and_grads(m):
+        torch.manual_seed(3)  # CL4SRec's augmentations
+        m.zero_grad()
+        loss = m.calculate_loss(batch)
+        loss.backward()
+        return loss.item(), {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+
+    monkeypatch.setattr("mp4sr.models.softmax.CPU_BLOCK_BYTES", 4 * N_ITEMS * 5)  # blocks of 5 outputs
+    loss, grads = loss_and_grads(model)
+    assert loss < loss_and_grads(default)[0]
+    monkeypatch.setattr(module, "full_softmax_loss", _plain)
+    expected, expected_grads = loss_and_grads(model)
+    assert loss == pytest.approx(expected, rel=1e-5)
     for key, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[key], rtol=1e-4, atol=1e-6, msg=key)

@@ -31,13 +31,14 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mp4sr.errors import ConfigError
-from mp4sr.models.base import FINETUNING, ModelConfig
+from mp4sr.models.base import FINETUNING
+from mp4sr.models.softmax import HistoryNegativesConfig
 
 
-class LossConfig(ModelConfig):
+class LossConfig(HistoryNegativesConfig):
     """The next-item loss of models that can train with either softmax (in models with a pre-training
     stage, the fine-tuning loss: pre-training objectives have their own)."""
 
@@ -57,6 +58,12 @@ class LossConfig(ModelConfig):
     item_dropout: float = Field(0.0, ge=0, lt=1, description="dropout of the item representations that score the "
                                 "outputs while training (RecTools' item net drops its embeddings wherever they are used)",
                                 json_schema_extra=FINETUNING)
+
+    @model_validator(mode="after")
+    def _history_negatives_need_the_full_softmax(self):
+        if not self.history_negatives and self.loss != "full":
+            raise ValueError("history_negatives=false leaves items out of the full softmax: set loss=full with it")
+        return self
 
     def sampler(self, context) -> "CandidateSampler | None":
         if self.loss != "sampled":

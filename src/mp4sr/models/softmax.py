@@ -12,12 +12,19 @@ Each block's gradients are computed in the forward pass, while its scores are at
 fused linear cross-entropy losses), so nothing of size ``[N, V]`` is kept for the backward pass and
 no score is computed twice. Under autocast, when no gradient is needed, and when all the scores fit
 one block, the plain form runs.
+
+``exclude`` leaves items out of a row's softmax: :func:`seen_items` gives, for each training output, the
+items earlier in its sequence, which ``params.history_negatives=false`` keeps from being its negatives.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+
+from mp4sr.data.batching import IGNORE, SequenceBatch
+from mp4sr.models.base import FINETUNING, ModelConfig
 
 # Bytes of scores per block: below glibc's 32 MiB mmap threshold on the CPU (the scores and their
 # softmax share one buffer); on accelerators, whose allocators cache blocks anyway, blocks only
@@ -26,15 +33,39 @@ CPU_BLOCK_BYTES = 16 * 2**20
 DEVICE_BLOCK_BYTES = 256 * 2**20
 
 
+class HistoryNegativesConfig(ModelConfig):
+    """Whether the items a sequence already holds are negatives of its next item in the full softmax."""
+
+    history_negatives: bool = Field(
+        True, description="the items earlier in a sequence are negatives of its next item in the softmax (the "
+        "full softmax's own form); false leaves them out of it, as the original SASRec draws its negatives "
+        "outside the user's items and as ranking with eval.exclude_history=true removes them (the items of "
+        "the model's window of max_len; a repeat of the target stays the target)", json_schema_extra=FINETUNING)
+
+
+def seen_items(batch: SequenceBatch, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, L] the items (indexes) at or before the position of each training output, -1 elsewhere and
+    where an item is that output's own target: what a softmax without history negatives leaves out.
+    The outputs are the positions ``keep`` selects (default: those with a target), in the order
+    ``hidden[keep]`` gives them."""
+    keep = batch.targets != IGNORE if keep is None else keep
+    rows, position = keep.nonzero(as_tuple=True)
+    seen = batch.tokens[rows] - 1  # tokens are item index + 1, padding 0 -> -1
+    later = torch.arange(seen.shape[1], device=seen.device)[None, :] > position[:, None]
+    return seen.masked_fill(later | (seen == batch.targets[rows, position][:, None]), -1)
+
+
 def full_softmax_loss(outputs: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, scale: float = 1.0,
-                      bias: torch.Tensor | None = None, block_rows: int | None = None) -> torch.Tensor:
+                      bias: torch.Tensor | None = None, block_rows: int | None = None,
+                      exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``scale * outputs @ items.T + bias`` against ``targets``.
 
     ``outputs`` [N, D], ``items`` [V, D], ``targets`` [N] in ``0..V-1``, ``bias`` [V] or None.
-    ``block_rows`` sets the rows per block (default: as many as fit the block size of the device; when
-    every row fits one block, the plain form runs).
-    Equal to ``F.cross_entropy(scale * outputs @ items.T + bias, targets)`` up to rounding, with the
-    same gradients for ``outputs``, ``items`` and ``bias``.
+    ``exclude`` [N, K]: items (indexes, -1 for none) left out of each row's softmax, never its target
+    (:func:`seen_items`). ``block_rows`` sets the rows per block (default: as many as fit the block size of
+    the device; when every row fits one block, the plain form runs).
+    Equal to ``F.cross_entropy(scale * outputs @ items.T + bias, targets)`` (with the excluded scores at
+    -inf) up to rounding, with the same gradients for ``outputs``, ``items`` and ``bias``.
     """
     device = outputs.device.type
     needs_grad = torch.is_grad_enabled() and any(
@@ -45,8 +76,17 @@ def full_softmax_loss(outputs: torch.Tensor, items: torch.Tensor, targets: torch
         if block_rows >= len(outputs):  # one block: the plain form, which is as fast
             block_rows = 0
     if not block_rows or not needs_grad or torch.is_autocast_enabled(device):
-        return F.cross_entropy(_scores(outputs, items, scale, bias), targets)
-    return _BlockedSoftmaxLoss.apply(outputs, items, bias, targets, float(scale), int(block_rows))
+        scores = _scores(outputs, items, scale, bias)
+        return F.cross_entropy(scores if exclude is None else _excluded(scores, exclude, inplace=False), targets)
+    return _BlockedSoftmaxLoss.apply(outputs, items, bias, targets, exclude, float(scale), int(block_rows))
+
+
+def _excluded(scores: torch.Tensor, exclude: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``scores`` with ``-inf`` at the items ``exclude`` names for each row."""
+    rows, cols = (exclude >= 0).nonzero(as_tuple=True)
+    index = (rows, exclude[rows, cols])
+    minus_inf = torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device)
+    return scores.index_put_(index, minus_inf) if inplace else scores.index_put(index, minus_inf)
 
 
 def _scores(outputs: torch.Tensor, items: torch.Tensor, scale: float, bias: torch.Tensor | None) -> torch.Tensor:
@@ -57,7 +97,7 @@ def _scores(outputs: torch.Tensor, items: torch.Tensor, scale: float, bias: torc
 
 class _BlockedSoftmaxLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, outputs, items, bias, targets, scale, block_rows):
+    def forward(ctx, outputs, items, bias, targets, exclude, scale, block_rows):
         n = outputs.shape[0]
         grad_outputs = torch.empty_like(outputs)
         grad_items = torch.zeros_like(items)
@@ -66,6 +106,8 @@ class _BlockedSoftmaxLoss(torch.autograd.Function):
         for start in range(0, n, block_rows):
             out, tgt = outputs[start:start + block_rows], targets[start:start + block_rows]
             scores = _scores(out, items, scale, bias)
+            if exclude is not None:
+                _excluded(scores, exclude[start:start + block_rows], inplace=True)
             rows = torch.arange(len(tgt), device=tgt.device)
             # torch's fused softmax is several times faster on the CPU than exp; the log-sum-exp
             # follows from the probability of each row's top score, which is at least 1/V
@@ -91,4 +133,4 @@ class _BlockedSoftmaxLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_outputs, grad_items, grad_bias = ctx.saved_tensors
         return (grad_outputs * grad_loss, grad_items * grad_loss,
-                grad_bias * grad_loss if ctx.has_bias else None, None, None, None)
+                grad_bias * grad_loss if ctx.has_bias else None, None, None, None, None)
