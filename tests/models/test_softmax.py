@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from mp4sr.data.batching import IGNORE, SequenceBatch
+from mp4sr.errors import ConfigError
 from mp4sr.models import ModelContext, build_model
 from mp4sr.models import bert4rec, mp4sr, sasrec, unisrec
 from mp4sr.models.items import ItemTable
-from mp4sr.errors import ConfigError
 from mp4sr.models.softmax import full_softmax_loss, seen_items
 
 
@@ -176,7 +176,7 @@ def test_models_train_with_the_loss_and_gradients_of_the_plain_form(name, module
 
 
 @pytest.mark.parametrize("name,module", [("sasrec", sasrec), ("sasrecm", sasrec), ("cl4srec", sasrec),
-                                         ("unisrec", unisrec), ("mp4sr", mp4sr)])
+                                         ("gru4rec", sasrec), ("unisrec", unisrec), ("mp4sr", mp4sr)])
 def test_models_without_history_negatives_leave_the_seen_items_out_of_the_softmax(name, module, monkeypatch):
     torch.manual_seed(0)
     context = ModelContext(N_ITEMS, max_len=10, features=_features())

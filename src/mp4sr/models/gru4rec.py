@@ -11,11 +11,12 @@ from pydantic import Field
 from torch import nn
 
 from mp4sr.data.batching import SequenceBatch
-from mp4sr.models.base import ModelConfig, ModelContext, Factorised, SequentialRecommender, register
+from mp4sr.models.base import ModelContext, Factorised, SequentialRecommender, register
 from mp4sr.models.sasrec import SASRec
+from mp4sr.models.softmax import HistoryNegativesConfig
 
 
-class GRU4RecConfig(ModelConfig):
+class GRU4RecConfig(HistoryNegativesConfig):  # its loss is SASRec's, which reads history_negatives
     embedding: int = Field(64, description="width of item embeddings")
     hidden: int = Field(128, description="GRU state width")
     layers: int = Field(1, description="GRU layers")

@@ -35,7 +35,7 @@ from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
 from mp4sr.models.layers import CausalTransformer, initialise, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
-from mp4sr.models.softmax import full_softmax_loss, seen_items
+from mp4sr.models.softmax import full_softmax_loss
 
 Modality = Literal["text", "image"]
 
@@ -231,8 +231,8 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         # the sum over modalities of cosine scores is one product of the concatenations
         outputs = torch.cat([F.normalize(h[m][keep], dim=-1) for m in self.modalities], dim=-1)
         items = torch.cat([items[m] for m in self.modalities], dim=-1)
-        exclude = None if self.config.history_negatives else seen_items(batch, keep)
-        return full_softmax_loss(outputs, items, batch.targets[keep], scale=1 / self.config.tau, exclude=exclude)
+        return full_softmax_loss(outputs, items, batch.targets[keep], scale=1 / self.config.tau,
+                                 exclude=self.config.loss_exclusions(batch, keep))
 
     def _sampled_finetune_loss(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor:
         """Fine-tuning against the candidates of a CandidateSampler: item representations are

@@ -11,7 +11,7 @@ from mp4sr.data.batching import IGNORE, SequenceBatch
 from mp4sr.models.base import Factorised, ModelContext, SequentialRecommender, TransformerConfig, register
 from mp4sr.models.layers import CausalTransformer, initialise, last_positions
 from mp4sr.models.sampled import LossConfig, sampled_softmax_loss
-from mp4sr.models.softmax import full_softmax_loss, seen_items
+from mp4sr.models.softmax import full_softmax_loss
 
 
 class SASRecConfig(LossConfig, TransformerConfig):
@@ -60,8 +60,7 @@ class SASRec(Factorised, SequentialRecommender):
         if self.sampler is not None:
             cands = self.sampler.sample(targets)
             return sampled_softmax_loss(hidden[keep] @ table[cands.items].T, cands)
-        exclude = None if getattr(self.config, "history_negatives", True) else seen_items(batch, keep)
-        return full_softmax_loss(hidden[keep], table, targets, exclude=exclude)
+        return full_softmax_loss(hidden[keep], table, targets, exclude=self.config.loss_exclusions(batch, keep))
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         return last_positions(self.encode(batch), batch.lengths)

@@ -42,6 +42,11 @@ class HistoryNegativesConfig(ModelConfig):
         "outside the user's items and as ranking with eval.exclude_history=true removes them (the items of "
         "the model's window of max_len; a repeat of the target stays the target)", json_schema_extra=FINETUNING)
 
+    def loss_exclusions(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor | None:
+        """What ``full_softmax_loss`` leaves out of each output's softmax (``exclude``): None, or the
+        seen items of the outputs ``keep`` selects."""
+        return None if self.history_negatives else seen_items(batch, keep)
+
 
 def seen_items(batch: SequenceBatch, keep: torch.Tensor | None = None) -> torch.Tensor:
     """[N, L] the items (indexes) at or before the position of each training output, -1 elsewhere and

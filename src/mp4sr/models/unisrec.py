@@ -37,7 +37,7 @@ from mp4sr.models.base import (FINETUNING, PRETRAINING, Factorised, ModelContext
 from mp4sr.models.items import ContentConfig, EncodedCatalogue, IDEmbedding
 from mp4sr.models.layers import CausalTransformer, initialise, last_positions
 from mp4sr.models.pretraining import info_nce, item_dropout, load_encoder
-from mp4sr.models.softmax import HistoryNegativesConfig, full_softmax_loss, seen_items
+from mp4sr.models.softmax import HistoryNegativesConfig, full_softmax_loss
 
 
 class UniSRecConfig(ContentConfig, HistoryNegativesConfig, TransformerConfig):
@@ -134,9 +134,8 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
         keep = batch.targets != IGNORE
         z = self.item_encoders.encode_all()["text"]  # once: in training it is recomputed on every call
         h = self._states(batch, lambda items: z[items])
-        exclude = None if self.config.history_negatives else seen_items(batch, keep)
         return full_softmax_loss(F.normalize(h[keep], dim=-1), self._output_items(z), batch.targets[keep],
-                                 scale=1 / self.config.tau, exclude=exclude)
+                                 scale=1 / self.config.tau, exclude=self.config.loss_exclusions(batch, keep))
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         z = self.item_encoders.encode_all()["text"]
