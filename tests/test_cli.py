@@ -78,6 +78,11 @@ def test_experiment_status_reads_without_training(tmp_path):
     assert "2 of 4 runs finished" in " ".join(result.output.split()) and "2/2" in result.output
     result = runner.invoke(app, ["experiment", str(path), "--status", "--report-only"])
     assert result.exit_code != 0 and "--status only reads" in str(result.exception)
+    result = runner.invoke(app, ["experiment", str(path), "--out", str(out), "--status", "--seeds", "2",
+                                 "--datasets", "amazon-scientific-mm"])
+    assert "1 of 2 runs finished" in " ".join(result.output.split()) and "1/1" in result.output
+    result = runner.invoke(app, ["experiment", str(path), "--status", "--seeds", "two"])
+    assert result.exit_code != 0 and "--seeds takes whole numbers" in str(result.exception)
 
 
 def test_images_alone_and_no_content_at_all(scientific_mm_with, tmp_path, caplog):

@@ -445,6 +445,10 @@ def experiment(
     file: Path = typer.Argument(..., help="Experiment file (YAML, see configs/experiments/)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: the file's 'output', else runs/experiments/<name>)."),
     only: Optional[list[str]] = typer.Option(None, "--only", help="Train and report only these entries (a,b or repeated)."),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="Train and report only these of the file's seeds (a,b or repeated)."),
+    datasets: Optional[list[str]] = typer.Option(
+        None, "--datasets", help="Train and report only these dataset rows, by the key --status shows (a,b or repeated); "
+        "a row's twin ranked by the other protocol comes with it."),
     set_: Optional[list[str]] = SetOpt,
     report_only: bool = typer.Option(False, "--report-only", help="Only rewrite the tables and plots from the finished runs."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Train in this many processes (each with cores/jobs threads)."),
@@ -454,13 +458,18 @@ def experiment(
     """Run or resume a grid of models x datasets x seeds; write tables, significance tests and plots."""
     from mp4sr.experiment import run_experiment
 
-    only = [name.strip() for names in only for name in names.split(",") if name.strip()] if only else None
+    only, datasets = _names(only), _names(datasets)
+    try:
+        seed_list = [int(s) for s in _names(seeds) or []] or None
+    except ValueError:
+        raise MP4SRError(f"--seeds takes whole numbers: {', '.join(seeds or [])}") from None
     if status:
         if report_only or train_only:
             raise MP4SRError("--status only reads the runs: drop --report-only / --train-only")
-        _experiment_status(file, out, only, set_)
+        _experiment_status(file, out, only, set_, seed_list, datasets)
         return
-    outcome = run_experiment(file, out, only, set_, train=not report_only, jobs=jobs, report=not train_only)
+    outcome = run_experiment(file, out, only, set_, train=not report_only, jobs=jobs, report=not train_only,
+                             seeds=seed_list, datasets=datasets)
     if train_only:
         console.print(f"{outcome.trained} runs trained by this process")
         return
@@ -496,10 +505,17 @@ def compare(
     console.print(f"detectable: the smallest difference a paired t-test over these users finds 4 times in 5 at p < {alpha}")
 
 
-def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]], overrides: Optional[list[str]]) -> None:
+def _names(values: Optional[list[str]]) -> Optional[list[str]]:
+    """The names of an option given as a,b or repeated; None when none."""
+    names = [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+    return names or None
+
+
+def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]], overrides: Optional[list[str]],
+                       seeds: Optional[list[int]] = None, datasets: Optional[list[str]] = None) -> None:
     from mp4sr.experiment import experiment_status
 
-    folder, rows = experiment_status(file, out, only, overrides)
+    folder, rows = experiment_status(file, out, only, overrides, seeds, datasets)
     table = Table(title=f"{file.name} -> {folder}")
     for col in ("dataset", "entry", "stage", "finished", "running", "interrupted", "to do", "hours"):
         table.add_column(col, justify="left" if col in {"dataset", "entry", "stage"} else "right")

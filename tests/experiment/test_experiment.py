@@ -104,6 +104,35 @@ def test_plan_shares_pretraining_and_keys_do_not_depend_on_the_folder(tmp_path):
     assert not {r.key for r in changed.runs} & {r.key for r in plan.runs}
 
 
+def test_seeds_and_dataset_rows_narrow_the_plan_to_the_same_runs(tmp_path):
+    from mp4sr.experiment.spec import search_tasks, select
+
+    tree = {**TINY, "seeds": [1, 2, 3], "datasets": [
+        {"name": "amazon-scientific-mm", "protocol": "history_kept"},
+        {"name": "amazon-scientific-mm", "protocol": "history_excluded"},
+        {"name": "amazon-scientific-mm", "cold_items": 0.2}]}
+    tree["models"] = [*TINY["models"], {"name": "sasrec-tuned", "model": "sasrec", "params": {"hidden": 16, "ffn": 32},
+                                        "search": {"trials": 2, "space": {"train.lr": {"choice": [1e-3, 1e-2]}}}}]
+    spec = load_spec(_write(tmp_path / "tiny.yaml", tree))
+    whole = make_plan(spec, tmp_path)
+    narrow = select(spec, seeds=[3, 2], datasets=["amazon-scientific-mm"])
+    assert narrow.seeds == [2, 3]  # the file's order
+    assert [d.key for d in narrow.datasets] == ["amazon-scientific-mm", "amazon-scientific-mm-history-excluded"]
+    part = make_plan(narrow, tmp_path)
+    assert part.runs and {r.key for r in part.runs} <= {r.key for r in whole.runs}
+    assert {c.seed for c in part.cells} == {2, 3} and {c.dataset for c in part.cells} == {
+        "amazon-scientific-mm", "amazon-scientific-mm-history-excluded"}
+    assert len(part.cells) == len([c for c in whole.cells if c.seed in (2, 3) and "cold" not in c.dataset])
+    # a search keeps the whole file's first seed, so a part of the seeds tunes the same study
+    assert [t.study for t in search_tasks(narrow, tmp_path)] == [
+        t.study for t in search_tasks(spec, tmp_path) if "cold" not in t.dataset.key]
+    assert select(spec) is spec
+    with pytest.raises(ConfigError, match="--seeds: 7 not among"):
+        select(spec, seeds=[7])
+    with pytest.raises(ConfigError, match="rows: amazon-scientific-mm, amazon-scientific-mm-history-excluded"):
+        select(spec, datasets=["amazon-beauty"])
+
+
 def test_pretraining_on_another_dataset(tmp_path):
     source = {"dataset": "amazon-scientific", "data": {"exclude_users_of": ["amazon-scientific-mm"]}}
     tree = {**TINY, "seeds": [1], "models": [{"name": "mp4sr", "pretrain": source}]}

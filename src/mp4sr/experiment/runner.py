@@ -37,7 +37,7 @@ from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.evaluate.coldstart import cold_item_split
 from mp4sr.experiment.spec import (
-    Cell, DatasetSpec, ExperimentSpec, Plan, PlannedRun, SearchTask, load_spec, make_plan, search_tasks,
+    Cell, DatasetSpec, ExperimentSpec, Plan, PlannedRun, SearchTask, load_spec, make_plan, search_tasks, select,
 )
 from mp4sr.report.experiment import RunResult, write_experiment_report
 from mp4sr.train import train_run
@@ -292,10 +292,12 @@ def plan_status(plan: Plan, runs_dir: Path, records: Sequence[Path] = ()) -> lis
 
 
 def experiment_status(path: str | Path, out: str | Path | None = None, only: list[str] | None = None,
-                      overrides: list[str] | None = None) -> tuple[Path, list[StatusRow]]:
+                      overrides: list[str] | None = None, seeds: list[int] | None = None,
+                      datasets: list[str] | None = None) -> tuple[Path, list[StatusRow]]:
     """The output folder of the experiment of ``path`` and how far each of its rows has got (the final
-    runs of a searched entry count once its search is finished)."""
-    spec = load_spec(path)
+    runs of a searched entry count once its search is finished); ``seeds``, ``datasets``: as
+    :func:`run_experiment`'s."""
+    spec = select(load_spec(path), seeds, datasets)
     out = output_folder(spec, out)
     runs_dir = (out / "runs").resolve()
     tasks = search_tasks(spec, runs_dir, only, overrides)
@@ -437,17 +439,19 @@ def output_folder(spec: ExperimentSpec, out: str | Path | None = None) -> Path:
 
 def run_experiment(path: str | Path, out: str | Path | None = None, only: list[str] | None = None,
                    overrides: list[str] | None = None, train: bool = True, jobs: int = 1,
-                   report: bool = True) -> ExperimentOutcome:
+                   report: bool = True, seeds: list[int] | None = None,
+                   datasets: list[str] | None = None) -> ExperimentOutcome:
     """Run (or resume) the experiment of ``path`` and write its tables and plots into ``out``.
 
     ``only``: train and report only these entries; ``overrides``: ``key=value`` settings applied to
     every stage of every run (e.g. ``train.epochs=3``, which changes the runs' keys);
     ``train=False``: only (re)write the report from the runs already finished; ``jobs``: train in
     this many processes (the others are started here, each with ``train.threads`` = cores / jobs
-    unless set); ``report=False``: train only.
+    unless set); ``report=False``: train only; ``seeds``, ``datasets``: train and report only these seeds
+    and dataset rows (by key) of the file (the same runs as the whole file's, with the same keys).
     """
     require_report_libraries()
-    spec: ExperimentSpec = load_spec(path)
+    spec: ExperimentSpec = select(load_spec(path), seeds, datasets)
     out = output_folder(spec, out)
     runs_dir = out / "runs"
     overrides = list(overrides or [])
@@ -464,15 +468,15 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     if archive is not None and tasks and not (out / "tune.db").is_file():  # the searches of an earlier checkout
         copy_study(archive / "tune.db", out / "tune.db")
     plan = make_plan(spec, runs_dir.resolve(), only, overrides, read_tuned(tasks, out))
-    datasets = DatasetCache()
+    cache = DatasetCache()
     reuse = [Path(folder) for folder in spec.reuse]
     trained = 0
     if train:
-        workers = [_start_worker(path, out, only, overrides) for _ in range(jobs - 1)]
+        workers = [_start_worker(path, out, only, overrides, seeds, datasets) for _ in range(jobs - 1)]
         try:  # every process takes part in the searches, then in the runs
             if tasks:
-                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, datasets, reuse, archive))
-            trained = execute(plan, runs_dir, datasets, reuse=reuse, archive=archive)
+                plan = make_plan(spec, runs_dir.resolve(), only, overrides, tune_entries(tasks, out, cache, reuse, archive))
+            trained = execute(plan, runs_dir, cache, reuse=reuse, archive=archive)
         finally:
             failed = [w.args for w in workers if w.wait() != 0]
             if archive is not None and tasks:
@@ -488,16 +492,21 @@ def run_experiment(path: str | Path, out: str | Path | None = None, only: list[s
     loaded = [load_result(runs_dir, cell, records) for cell in plan.cells]
     results = [r for r in loaded if r is not None]
     used = {c.dataset for c in plan.cells}
-    splits = {d.key: datasets.split(d) for d in spec.datasets if d.key in used} if spec.coldstart else {}
+    splits = {d.key: cache.split(d) for d in spec.datasets if d.key in used} if spec.coldstart else {}
     files = write_experiment_report(results, out, spec.metrics, spec.select_metric, spec.test, spec.alpha,
                                     title=spec.name, splits=splits)
     return ExperimentOutcome(out, trained, len(loaded) - len(results), files)
 
 
-def _start_worker(path, out: Path, only: list[str] | None, overrides: list[str]) -> subprocess.Popen:
+def _start_worker(path, out: Path, only: list[str] | None, overrides: list[str], seeds: list[int] | None,
+                  datasets: list[str] | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mp4sr", "experiment", str(path), "--out", str(out), "--train-only"]
     for name in only or []:
         cmd += ["--only", name]
+    for seed in seeds or []:
+        cmd += ["--seeds", str(seed)]
+    for key in datasets or []:
+        cmd += ["--datasets", key]
     for o in overrides:
         cmd += ["--set", o]
     return subprocess.Popen(cmd)

@@ -124,6 +124,7 @@ class ExperimentSpec(_Strict):
     output: str | None = Field(None, description="output folder (default runs/experiments/<name>)")
     datasets: list[DatasetSpec]
     seeds: list[int] = Field(default_factory=lambda: [2024])
+    search_seed: int | None = Field(None, description="seed of the searches' trials (default: the first of seeds)")
     defaults: dict[str, Any] = Field(default_factory=dict)
     pretrain_defaults: dict[str, Any] = Field(default_factory=dict)
     reference: str | None = DEFAULT_PRETRAINABLE
@@ -172,6 +173,33 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     _check_unique([d.key for d in spec.datasets], "dataset", path)
     _check_searches(spec, path)
     return spec
+
+
+def select(spec: ExperimentSpec, seeds: list[int] | None = None, datasets: list[str] | None = None) -> ExperimentSpec:
+    """``spec`` narrowed to some of its seeds and dataset rows (``--seeds``, ``--datasets``). The runs kept are
+    those the whole file plans, with the same keys, and the searches keep the file's first seed. A dataset row
+    is named by its key (``mp4sr experiment --status`` lists them); the row that differs from a named one in
+    the ranking protocol alone comes with it, as the two share their runs."""
+    update: dict[str, Any] = {}
+    if seeds:
+        unknown = sorted(set(seeds) - set(spec.seeds))
+        if unknown:
+            raise ConfigError(f"--seeds: {', '.join(map(str, unknown))} not among the experiment's seeds "
+                              f"({', '.join(map(str, spec.seeds))})")
+        update["seeds"] = [s for s in spec.seeds if s in seeds]
+        update["search_seed"] = spec.seeds[0] if spec.search_seed is None else spec.search_seed
+    if datasets:
+        keys = [d.key for d in spec.datasets]
+        unknown = sorted(set(datasets) - set(keys))
+        if unknown:
+            raise ConfigError(f"--datasets: no dataset rows {', '.join(unknown)}; rows: {', '.join(keys)}")
+
+        def data(d: DatasetSpec) -> dict[str, Any]:
+            return d.model_dump(exclude={"protocol", "label"})
+
+        named = [data(d) for d in spec.datasets if d.key in datasets]
+        update["datasets"] = [d for d in spec.datasets if data(d) in named]
+    return spec.model_copy(update=update) if update else spec
 
 
 def _check_searches(spec: ExperimentSpec, path) -> None:
@@ -336,7 +364,7 @@ def search_tasks(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = 
     for dataset, entry in itertools.product(spec.datasets, spec.searched):
         if only and entry.name not in only:
             continue
-        seed = spec.seeds[0]
+        seed = spec.seeds[0] if spec.search_seed is None else spec.search_seed
         pre = _pretrain_run(spec, entry, dataset, seed, override_tree, runs_dir)
 
         def make_config(point, entry=entry, dataset=dataset, pre=pre) -> RunConfig:
