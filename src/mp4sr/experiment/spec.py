@@ -144,6 +144,11 @@ class ExperimentSpec(_Strict):
     models: list[EntrySpec]
 
     @property
+    def tuning_seed(self) -> int:
+        """The seed the searches' trials train with."""
+        return self.seeds[0] if self.search_seed is None else self.search_seed
+
+    @property
     def searched(self) -> list[EntrySpec]:
         """The entries tuned before they run (none with ``search: false``)."""
         return [e for e in self.models if e.search is not None] if self.search else []
@@ -187,7 +192,7 @@ def select(spec: ExperimentSpec, seeds: list[int] | None = None, datasets: list[
             raise ConfigError(f"--seeds: {', '.join(map(str, unknown))} not among the experiment's seeds "
                               f"({', '.join(map(str, spec.seeds))})")
         update["seeds"] = [s for s in spec.seeds if s in seeds]
-        update["search_seed"] = spec.seeds[0] if spec.search_seed is None else spec.search_seed
+        update["search_seed"] = spec.tuning_seed
     if datasets:
         keys = [d.key for d in spec.datasets]
         unknown = sorted(set(datasets) - set(keys))
@@ -345,7 +350,7 @@ def _final_run(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec, see
 @dataclass
 class SearchTask:
     """The search of one entry on one dataset: its trials are the entry's final stage on the
-    experiment's first seed, at points of the space (after that seed's pre-training, if any)."""
+    experiment's tuning seed (its first seed), at points of the space (after that seed's pre-training, if any)."""
 
     entry: str
     dataset: DatasetSpec
@@ -364,7 +369,7 @@ def search_tasks(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = 
     for dataset, entry in itertools.product(spec.datasets, spec.searched):
         if only and entry.name not in only:
             continue
-        seed = spec.seeds[0] if spec.search_seed is None else spec.search_seed
+        seed = spec.tuning_seed
         pre = _pretrain_run(spec, entry, dataset, seed, override_tree, runs_dir)
 
         def make_config(point, entry=entry, dataset=dataset, pre=pre) -> RunConfig:
