@@ -74,6 +74,10 @@ class TrainSettings(Section):
     )
     clip_grad: float | None = Field(5.0, description="max gradient norm; null disables clipping")
     patience: int = Field(20, ge=1, description="epochs without validation improvement before stopping")
+    lr_decay: float | None = Field(
+        None, gt=0, lt=1, description="after every lr_patience epochs without validation improvement, go back to "
+        "the best epoch's weights and multiply the learning rate by this; null: one rate throughout")
+    lr_patience: int = Field(3, ge=1, description="epochs without validation improvement before each lr_decay")
     valid_metric: str = Field("ndcg@10", description="validation metric that picks the best epoch and stops "
                               "training: recall@K, ndcg@K or mrr@K")
     seed: int = Field(2024, description="seed of weights, shuffling and dropout")
@@ -96,6 +100,13 @@ class TrainSettings(Section):
         if name not in {"recall", "ndcg", "mrr"} or not k.isdigit():
             raise ValueError("valid_metric must look like 'ndcg@10', 'recall@20' or 'mrr@10'")
         return v.lower()
+
+    @model_validator(mode="after")
+    def _decay_before_stopping(self) -> "TrainSettings":
+        if self.lr_decay and self.lr_patience >= self.patience:
+            raise ValueError(f"lr_patience ({self.lr_patience}) must be below patience ({self.patience}): the run "
+                             "stops before its learning rate would ever decay")
+        return self
 
 
 class EvalSettings(Section):

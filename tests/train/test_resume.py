@@ -44,6 +44,19 @@ def lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def worsen_after_epoch_1(monkeypatch) -> None:
+    """Validation N@10 that is best at epoch 1 and lower after every later epoch."""
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, which="valid"):
+        result = real_evaluate(self, which)
+        if which == "valid":
+            result.metrics["ndcg@10"] = 1 / (1 + len(self.state.history))
+        return result
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
 def test_crash_mid_epoch_then_resume_matches(uninterrupted, make_trainer, tmp_path):
     trainer = make_trainer(tmp_path)
     stop_at_step(trainer, STEPS_PER_EPOCH + 5, raise_crash)  # in epoch 2
@@ -190,15 +203,7 @@ def test_best_pt_is_not_a_training_state(make_trainer, finished_copy):
 def test_early_stopping_counter_is_restored(make_trainer, tmp_path, monkeypatch):
     """Validation that gets worse after epoch 1: with patience 2 the run stops after epoch 3 of 5, also when
     it was killed in epoch 3 (only if the no-improvement counter survives in last.pt)."""
-    real_evaluate = Trainer.evaluate
-
-    def evaluate(self, which="valid"):
-        result = real_evaluate(self, which)
-        if which == "valid":
-            result.metrics["ndcg@10"] = 1 / (1 + len(self.state.history))
-        return result
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    worsen_after_epoch_1(monkeypatch)
     config = small_config(epochs=5, patience=2)
     reference = make_trainer(tmp_path / "reference", config=config).fit()
     assert reference.best_epoch == 1 and [r.epoch for r in reference.history] == [1, 2, 3]
@@ -208,4 +213,33 @@ def test_early_stopping_counter_is_restored(make_trainer, tmp_path, monkeypatch)
     with pytest.raises(Crash):
         trainer.fit()
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["waited"] == 1
+    assert_same_run(make_trainer(tmp_path / "run", resume=True, config=config).fit(), reference)
+
+
+def test_a_plateau_goes_back_to_the_best_weights_at_a_lower_rate(make_trainer, tmp_path, monkeypatch):
+    """train.lr_decay: validation that only gets worse after epoch 1, lr_patience 2: after epochs 3 and 5 the
+    weights are epoch 1's again and the rate is halved each time; a run killed after the first decay and
+    resumed is the same run (the rate lives in the optimiser's state, the weights in last.pt)."""
+    worsen_after_epoch_1(monkeypatch)
+    lr = small_config().train.lr
+    config = small_config(epochs=6, patience=10, lr_decay=0.5, lr_patience=2)
+    reference = make_trainer(tmp_path / "reference", config=config).fit()
+    assert [r.lr for r in reference.history] == pytest.approx([lr, lr, lr, lr / 2, lr / 2, lr / 4])
+    assert reference.best_epoch == 1
+
+    three = make_trainer(tmp_path / "three", config=small_config(epochs=3, patience=10, lr_decay=0.5, lr_patience=2))
+    three.fit()
+    best = torch.load(tmp_path / "three" / "best.pt", weights_only=True)["state_dict"]
+    last = torch.load(tmp_path / "three" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(best[k], last[k]) for k in best)  # back to epoch 1 after epoch 3
+
+    plain = make_trainer(tmp_path / "plain", config=small_config(epochs=6, patience=10)).fit()
+    assert [r.lr for r in plain.history] == [lr] * 6
+    assert [r.loss for r in plain.history][:3] == [r.loss for r in reference.history][:3]
+    assert plain.history[3].loss != reference.history[3].loss
+
+    trainer = make_trainer(tmp_path / "run", config=config)
+    stop_at_step(trainer, 3 * STEPS_PER_EPOCH + 5, raise_crash)
+    with pytest.raises(Crash):
+        trainer.fit()
     assert_same_run(make_trainer(tmp_path / "run", resume=True, config=config).fit(), reference)

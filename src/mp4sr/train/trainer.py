@@ -1,6 +1,6 @@
 """The training loop: Adam or AdamW (``mp4sr.train.optim``), gradient clipping, validation every
-epoch, early stopping, checkpoints (``best.pt``, ``last.pt``), exact resumption, and a clean stop on
-SIGINT / SIGTERM."""
+epoch, a lower learning rate on a plateau (``train.lr_decay``), early stopping, checkpoints (``best.pt``,
+``last.pt``), exact resumption, and a clean stop on SIGINT / SIGTERM."""
 
 from __future__ import annotations
 
@@ -352,6 +352,8 @@ class Trainer:
                     best_state = copy.deepcopy(self.model.state_dict())
                 else:
                     st.waited += 1
+                    if s.lr_decay and st.waited % s.lr_patience == 0 and st.waited < s.patience:
+                        self._decay(optimizer, best_state)
                 # last.pt first: if the run dies before best.pt is written, last.pt holds the best weights
                 self._save_last(optimizer, rng)
                 if improved:
@@ -363,6 +365,16 @@ class Trainer:
                 if st.waited >= s.patience:
                     log.info("no improvement of %s for %d epochs: stopping", s.valid_metric, st.waited)
         return best_state
+
+    def _decay(self, optimizer: torch.optim.Optimizer, best_state: dict[str, torch.Tensor] | None) -> None:
+        """A plateau: back to the best epoch's weights, every group's learning rate times ``lr_decay``. Its
+        state is the weights and the optimiser's rates, both in ``last.pt``, so a resumed run decays alike."""
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        for group in optimizer.param_groups:
+            group["lr"] *= self.settings.lr_decay
+        log.info("no improvement of %s for %d epochs: back to epoch %d at learning rate %.3g",
+                 self.settings.valid_metric, self.state.waited, self.state.best_epoch, optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ resumption
 
