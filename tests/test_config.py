@@ -24,6 +24,9 @@ def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"lr_patience \(3\) must be below patience \(3\)"):
         build_config(RunConfig, None, ["train.lr_decay=0.3", "train.patience=3"])
     assert build_config(RunConfig, None, ["train.lr_patience=30", "train.patience=3"]).train.lr_decay is None
+    with pytest.raises(ConfigError, match="lr_min only applies with lr_decay"):
+        build_config(RunConfig, None, ["train.lr_min=1e-5"])
+    assert build_config(RunConfig, None, ["train.lr_decay=0.3", "train.lr_min=1e-5"]).train.lr_min == 1e-5
 
 
 def test_params_are_checked_against_the_model_when_the_config_is_built():

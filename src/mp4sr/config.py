@@ -78,6 +78,9 @@ class TrainSettings(Section):
         None, gt=0, lt=1, description="after every lr_patience epochs without validation improvement, go back to "
         "the best epoch's weights and multiply the learning rate by this; null: one rate throughout")
     lr_patience: int = Field(3, ge=1, description="epochs without validation improvement before each lr_decay")
+    lr_min: float | None = Field(
+        None, gt=0, description="with lr_decay: a decay that would take the learning rate below this ends the run "
+        "instead (gains at rates that small are validation noise); null: decay until patience stops the run")
     valid_metric: str = Field("ndcg@10", description="validation metric that picks the best epoch and stops "
                               "training: recall@K, ndcg@K or mrr@K")
     seed: int = Field(2024, description="seed of weights, shuffling and dropout")
@@ -106,6 +109,8 @@ class TrainSettings(Section):
         if self.lr_decay and self.lr_patience >= self.patience:
             raise ValueError(f"lr_patience ({self.lr_patience}) must be below patience ({self.patience}): the run "
                              "stops before its learning rate would ever decay")
+        if self.lr_min is not None and not self.lr_decay:
+            raise ValueError("lr_min only applies with lr_decay, the rate never falls without it")
         return self
 
 

@@ -243,3 +243,24 @@ def test_a_plateau_goes_back_to_the_best_weights_at_a_lower_rate(make_trainer, t
     with pytest.raises(Crash):
         trainer.fit()
     assert_same_run(make_trainer(tmp_path / "run", resume=True, config=config).fit(), reference)
+
+
+def test_a_decay_below_lr_min_ends_the_run_at_the_best_weights(make_trainer, tmp_path, monkeypatch):
+    """train.lr_min: the second decay would take the rate to a quarter, below the floor, so the run stops after
+    epoch 5 instead of training to epoch 10; the same after a crash and a resume."""
+    worsen_after_epoch_1(monkeypatch)
+    lr = small_config().train.lr
+    config = small_config(epochs=10, patience=10, lr_decay=0.5, lr_patience=2, lr_min=lr / 3)
+    reference = make_trainer(tmp_path / "reference", config=config).fit()
+    assert [r.lr for r in reference.history] == pytest.approx([lr, lr, lr, lr / 2, lr / 2])
+    assert reference.best_epoch == 1
+
+    unbounded = make_trainer(tmp_path / "unbounded", config=small_config(epochs=10, patience=10, lr_decay=0.5,
+                                                                          lr_patience=2)).fit()
+    assert len(unbounded.history) == 10
+
+    trainer = make_trainer(tmp_path / "run", config=config)
+    stop_at_step(trainer, 3 * STEPS_PER_EPOCH + 5, raise_crash)
+    with pytest.raises(Crash):
+        trainer.fit()
+    assert_same_run(make_trainer(tmp_path / "run", resume=True, config=config).fit(), reference)

@@ -353,7 +353,13 @@ class Trainer:
                 else:
                     st.waited += 1
                     if s.lr_decay and st.waited % s.lr_patience == 0 and st.waited < s.patience:
-                        self._decay(optimizer, best_state)
+                        rate = max(group["lr"] for group in optimizer.param_groups) * s.lr_decay
+                        if s.lr_min is not None and rate < s.lr_min:
+                            log.info("no improvement of %s for %d epochs and the next learning rate (%.3g) would "
+                                     "be below lr_min", s.valid_metric, st.waited, rate)
+                            st.waited = s.patience  # the run ends as early stopping ends it, also after a resume
+                        else:
+                            self._decay(optimizer, best_state)
                 # last.pt first: if the run dies before best.pt is written, last.pt holds the best weights
                 self._save_last(optimizer, rng)
                 if improved:
@@ -363,7 +369,7 @@ class Trainer:
                 if self._signal is not None:
                     raise self._interrupted(f"after epoch {epoch}")
                 if st.waited >= s.patience:
-                    log.info("no improvement of %s for %d epochs: stopping", s.valid_metric, st.waited)
+                    log.info("no improvement of %s since epoch %d: stopping", s.valid_metric, st.best_epoch)
         return best_state
 
     def _decay(self, optimizer: torch.optim.Optimizer, best_state: dict[str, torch.Tensor] | None) -> None:
