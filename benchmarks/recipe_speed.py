@@ -3,8 +3,8 @@ of the strong published models on this data (hidden 256, FFN 512, dropout 0.5; d
 "MP4SR's width").
 
 Each round trains one epoch of each recipe and stage in turn (pre-training, then fine-tuning, at the
-stages' default batch sizes), so both recipes see the same machine load; the table gives the median
-over rounds and the ratio wide / default.
+stages' default batch sizes and training forms), so both recipes see the same machine load; the table
+gives the median over rounds and the ratio wide / default.
 
     python benchmarks/recipe_speed.py --dataset amazon-scientific-mm --rounds 3
     python benchmarks/recipe_speed.py --wide 'hidden=256,ffn=512,dropout=0.5,id_embedding=false'
@@ -13,20 +13,15 @@ over rounds and the ratio wide / default.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-import numpy as np
 import torch
 import yaml
+from epoch_rounds import median_epoch_seconds, training_context
 
 from mp4sr.config import EvalSettings, TrainSettings
-from mp4sr.data import leave_one_out, load_dataset
-from mp4sr.features import feature_stores
-from mp4sr.models import ModelContext, build_model
+from mp4sr.models import build_model
 from mp4sr.models.mp4sr import MP4SR
 from mp4sr.train import Trainer
-from mp4sr.train.allocator import keep_freed_memory
 
 STAGES = ("pretrain", "finetune")
 
@@ -44,35 +39,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--wide", default="hidden=256,ffn=512,dropout=0.5", help="the second recipe's model settings")
     args = p.parse_args()
-    keep_freed_memory()  # as Trainer.fit does
-    torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.dataset)
-    split = leave_one_out(dataset)
-    stores = {m: s for m, s in feature_stores(dataset, progress=False).items() if s is not None}
-    context = ModelContext(dataset.n_items, 50, split.train_counts(), features=stores)
-    examples = split.train_examples("sequence", 50)
+    split, context = training_context(args.dataset, args.threads)
     recipes = {"default": {}, "wide": parse_params(args.wide)}
     trainers = {}
     for name, params in recipes.items():
         for stage in STAGES:
+            defaults = MP4SR.stage_defaults[stage]
+            examples = split.train_examples(defaults.get("data", {}).get("training_mode", "sequence"), 50)
             torch.manual_seed(0)
             model = build_model("mp4sr", {**params, "stage": stage}, context)
-            batch = MP4SR.stage_defaults[stage]["train"]["batch_size"]
-            settings = TrainSettings(epochs=1, batch_size=batch, progress=False, threads=args.threads)
+            settings = TrainSettings(epochs=1, batch_size=defaults["train"]["batch_size"], progress=False,
+                                     threads=args.threads)
             trainer = Trainer(model, split, examples, settings, EvalSettings(), 50)
             trainers[name, stage] = trainer, torch.optim.Adam(model.parameters(), lr=1e-3)
-    seconds = {key: [] for key in trainers}
-    rng = np.random.default_rng(0)
-    for r in range(args.rounds):
-        for key, (trainer, optimizer) in trainers.items():
-            start = time.perf_counter()
-            trainer.train_epoch(optimizer, rng, r + 1)
-            seconds[key].append(time.perf_counter() - start)
+    seconds = median_epoch_seconds(trainers, args.rounds)
     print(f"\n{args.dataset}: seconds per epoch, median of {args.rounds} rounds, {args.threads} thread(s); "
           f"wide = {recipes['wide']}")
     print(f"{'stage':9s} {'default':>8s} {'wide':>8s} {'wide/default':>13s}")
     for stage in STAGES:
-        d, w = (statistics.median(seconds[name, stage]) for name in recipes)
+        d, w = (seconds[name, stage] for name in recipes)
         print(f"{stage:9s} {d:8.2f} {w:8.2f} {w / d:13.2f}")
 
 

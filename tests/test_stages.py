@@ -78,6 +78,22 @@ def test_a_stage_starts_from_the_stage_defaults_of_its_own_model(tmp_path):
     assert stage_config("finetune", None, ["model=unisrec"]).train == fine.train
 
 
+def test_mp4sr_fine_tunes_on_prefixes_and_pre_trains_on_whole_sequences():
+    """MP4SR's fine-tuning batches one prefix per row by default; its pre-training, `mp4sr train` (from
+    scratch) and the other models keep whole sequences. Under `mp4sr run` the training form is part of
+    the fine-tuning schedule, so `--set` changes it for fine-tuning only."""
+    from mp4sr.config import RunConfig, build_config
+    from mp4sr.stages import stage_config
+
+    fine, pre = stage_config("finetune", None, None), stage_config("pretrain", None, None)
+    assert (fine.data.training_mode, fine.train.batch_size) == ("prefix", 2048)
+    assert pre.data.training_mode == "sequence"
+    assert build_config(RunConfig, None, None, model="mp4sr").data.training_mode == "sequence"
+    assert stage_config("finetune", None, ["model=unisrec"]).data.training_mode == "sequence"
+    pre_set, fine_set = route_run_overrides("mp4sr", ["data.training_mode=sequence", "data.max_len=20"], [], transfer=False)
+    assert pre_set == ["data.max_len=20"] and fine_set == ["data.training_mode=sequence", "data.max_len=20"]
+
+
 def test_the_stage_commands_refuse_a_model_without_stages(tmp_path):
     result = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "p"), "--set", "model=sasrec"])
     assert result.exit_code != 0 and "no pre-training stage" in str(result.exception)
