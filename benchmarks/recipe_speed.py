@@ -20,7 +20,7 @@ from epoch_rounds import median_epoch_seconds, training_context
 
 from mp4sr.config import EvalSettings, TrainSettings
 from mp4sr.models import build_model
-from mp4sr.models.mp4sr import MP4SR
+from mp4sr.stages import stage_config
 from mp4sr.train import Trainer
 
 STAGES = ("pretrain", "finetune")
@@ -44,11 +44,11 @@ def main() -> None:
     trainers = {}
     for name, params in recipes.items():
         for stage in STAGES:
-            defaults = MP4SR.stage_defaults[stage]
-            examples = split.train_examples(defaults.get("data", {}).get("training_mode", "sequence"), 50)
+            defaults = stage_config(stage, None, ["model=mp4sr"])  # the stage's batch size and training form
+            examples = split.train_examples(defaults.data.training_mode, 50)
             torch.manual_seed(0)
             model = build_model("mp4sr", {**params, "stage": stage}, context)
-            settings = TrainSettings(epochs=1, batch_size=defaults["train"]["batch_size"], progress=False,
+            settings = TrainSettings(epochs=1, batch_size=defaults.train.batch_size, progress=False,
                                      threads=args.threads)
             trainer = Trainer(model, split, examples, settings, EvalSettings(), 50)
             trainers[name, stage] = trainer, torch.optim.Adam(model.parameters(), lr=1e-3)
