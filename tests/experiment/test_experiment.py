@@ -73,7 +73,7 @@ def test_spec_resolves_extends_roles_and_base(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs" / "experiments").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_shipped_experiment_files_plan(path, tmp_path):
-    from mp4sr.experiment.spec import search_tasks
+    from mp4sr.experiment.spec import search_tasks, select
 
     spec = load_spec(path)
     tasks = search_tasks(spec, tmp_path)
@@ -83,8 +83,10 @@ def test_shipped_experiment_files_plan(path, tmp_path):
     plan = make_plan(spec, tmp_path, tuned=tuned)  # validates every entry's settings, model parameters included
     entries = {e.name for e in spec.models}
     assert plan.runs and {c.entry for c in plan.cells} == entries
-    assert len(plan.cells) == len(spec.datasets) * len(spec.seeds) * sum(
-        len(e.grid_points()) if spec.search else 1 for e in spec.models)
+    rows = {e.name: len(spec.datasets if e.datasets is None else select(spec, datasets=e.datasets).datasets)
+            for e in spec.models}
+    assert len(plan.cells) == len(spec.seeds) * sum(
+        rows[e.name] * (len(e.grid_points()) if spec.search else 1) for e in spec.models)
 
 
 def test_plan_shares_pretraining_and_keys_do_not_depend_on_the_folder(tmp_path):
@@ -131,6 +133,38 @@ def test_seeds_and_dataset_rows_narrow_the_plan_to_the_same_runs(tmp_path):
         select(spec, seeds=[7])
     with pytest.raises(ConfigError, match="rows: amazon-scientific-mm, amazon-scientific-mm-history-excluded"):
         select(spec, datasets=["amazon-beauty"])
+
+
+def test_an_entry_runs_on_the_dataset_rows_it_names(tmp_path):
+    from mp4sr.experiment.spec import search_tasks
+
+    rows = [{"name": "amazon-scientific-mm", "protocol": "history_kept"},
+            {"name": "amazon-scientific-mm", "protocol": "history_excluded"},
+            {"name": "amazon-scientific-mm", "cold_items": 0.2}]
+    probe = {"name": "sasrec-probe", "extends": "sasrec", "datasets": ["amazon-scientific-mm"]}
+    tuned = {"name": "sasrec-tuned", "model": "sasrec", "datasets": ["amazon-scientific-mm-cold20"],
+             "search": {"trials": 2, "space": {"train.lr": {"choice": [1e-3, 1e-2]}}}}
+    tree = {**TINY, "seeds": [1], "datasets": rows,
+            "models": [*TINY["models"], probe, {"name": "sasrec-probe-2", "extends": "sasrec-probe"},
+                       {"name": "sasrec-everywhere", "extends": "sasrec-probe", "datasets": None}, tuned]}
+    spec = load_spec(_write(tmp_path / "tiny.yaml", tree))
+    whole = make_plan(spec, tmp_path)
+    on = {e: {c.dataset for c in whole.cells if c.entry == e} for e in ("sasrec", "sasrec-probe", "sasrec-probe-2",
+                                                                          "sasrec-everywhere")}
+    everywhere = {"amazon-scientific-mm", "amazon-scientific-mm-history-excluded", "amazon-scientific-mm-cold20"}
+    # the row of the other protocol comes with the one named, as the two share their runs; extends inherits
+    assert on["sasrec"] == on["sasrec-everywhere"] == everywhere
+    assert on["sasrec-probe"] == on["sasrec-probe-2"] == everywhere - {"amazon-scientific-mm-cold20"}
+    assert [t.dataset.key for t in search_tasks(spec, tmp_path)] == ["amazon-scientific-mm-cold20"]
+    # the runs it keeps are the ones the entry planned on every row, with the same keys
+    unrestricted = make_plan(load_spec(_write(tmp_path / "all.yaml", {**tree, "models": [*TINY["models"],
+                                                                                       {**probe, "datasets": None}]})),
+                             tmp_path)
+    probe_keys = {c.key for c in whole.cells if c.entry == "sasrec-probe"}
+    assert probe_keys < {c.key for c in unrestricted.cells if c.entry == "sasrec-probe"}
+    with pytest.raises(ConfigError, match="entry 'sasrec-probe' names dataset rows amazon-beauty that the file does "
+                                          "not have; rows: amazon-scientific-mm, "):
+        load_spec(_write(tmp_path / "bad.yaml", {**tree, "models": [*TINY["models"], {**probe, "datasets": ["amazon-beauty"]}]}))
 
 
 def test_pretraining_on_another_dataset(tmp_path):

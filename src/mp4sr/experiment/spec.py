@@ -25,6 +25,9 @@ An experiment file (YAML) looks like::
       - name: mp4sr-text
         extends: mp4sr
         shared: {params: {modalities: [text]}}   # both stages
+      - name: mp4sr-text-probe
+        extends: mp4sr-text
+        datasets: [amazon-scientific-mm]      # only on these rows (default: every row; children inherit)
 
 An entry's own RunConfig sections (``params``, ``train``, ``data``, ``features``, ``eval``) configure
 its final (fine-tuning) stage. Layers, later wins: the model's stage defaults (a pre-trainable model
@@ -112,6 +115,9 @@ class EntrySpec(_Strict):
     stage: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchSpec | None = Field(None, description="tuned on validation first; its best settings then run")
+    datasets: list[str] | None = Field(None, description="the dataset rows this entry runs on, by key as --datasets "
+                                       "names them (the row of the other ranking protocol comes along); "
+                                       "null: every row")
 
     def grid_points(self) -> list[dict[str, Any]]:
         """Every combination of the grid's values ({dotted key: value}); [{}] without a grid."""
@@ -176,6 +182,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     except ValidationError as e:
         raise ConfigError(f"{path}: invalid experiment file:\n{e}") from None
     _check_unique([d.key for d in spec.datasets], "dataset", path)
+    keys = [d.key for d in spec.datasets]
+    for entry in spec.models:
+        unknown = sorted(set(entry.datasets or []) - set(keys))
+        if unknown:
+            raise ConfigError(f"{path}: entry {entry.name!r} names dataset rows {', '.join(unknown)} that the file "
+                              f"does not have; rows: {', '.join(keys)}")
     _check_searches(spec, path)
     return spec
 
@@ -199,12 +211,23 @@ def select(spec: ExperimentSpec, seeds: list[int] | None = None, datasets: list[
         if unknown:
             raise ConfigError(f"--datasets: no dataset rows {', '.join(unknown)}; rows: {', '.join(keys)}")
 
-        def data(d: DatasetSpec) -> dict[str, Any]:
-            return d.model_dump(exclude={"protocol", "label"})
-
-        named = [data(d) for d in spec.datasets if d.key in datasets]
-        update["datasets"] = [d for d in spec.datasets if data(d) in named]
+        update["datasets"] = _rows(spec, datasets)
     return spec.model_copy(update=update) if update else spec
+
+
+def _rows(spec: ExperimentSpec, keys: list[str]) -> list[DatasetSpec]:
+    """The dataset rows named by ``keys``, with the rows that differ from them in the ranking protocol alone."""
+    named = [_training_data(d) for d in spec.datasets if d.key in keys]
+    return [d for d in spec.datasets if _training_data(d) in named]
+
+
+def _training_data(d: DatasetSpec) -> dict[str, Any]:
+    return d.model_dump(exclude={"protocol", "label"})
+
+
+def _runs_on(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec) -> bool:
+    """Whether ``entry`` runs on the dataset row ``dataset`` (its ``datasets``, if any, name the rows)."""
+    return entry.datasets is None or _training_data(dataset) in [_training_data(d) for d in _rows(spec, entry.datasets)]
 
 
 def _check_searches(spec: ExperimentSpec, path) -> None:
@@ -316,7 +339,7 @@ def make_plan(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = Non
     override_tree = parse_overrides(overrides)
     plan, seen = Plan(), set()
     for dataset, seed, entry in itertools.product(spec.datasets, spec.seeds, spec.models):
-        if only and entry.name not in only:
+        if (only and entry.name not in only) or not _runs_on(spec, entry, dataset):
             continue
         pre = _pretrain_run(spec, entry, dataset, seed, override_tree, runs_dir)
         if pre is not None:
@@ -367,7 +390,7 @@ def search_tasks(spec: ExperimentSpec, runs_dir: Path, only: list[str] | None = 
     override_tree = parse_overrides(overrides)
     tasks = []
     for dataset, entry in itertools.product(spec.datasets, spec.searched):
-        if only and entry.name not in only:
+        if (only and entry.name not in only) or not _runs_on(spec, entry, dataset):
             continue
         seed = spec.tuning_seed
         pre = _pretrain_run(spec, entry, dataset, seed, override_tree, runs_dir)
