@@ -145,6 +145,30 @@ def test_experiment_tunes_an_entry_then_runs_its_best_settings_with_every_seed(t
     assert [(r.stage, r.finished, r.planned) for r in rows] == [("search", 2, 2), ("finetune", 2, 2)]
 
 
+def test_the_archive_holds_every_finished_trial_while_the_search_goes_on(tmp_path, tiny_data, monkeypatch):
+    """A search killed outright (no Ctrl-C, no cleanup) leaves its finished trials in the archive."""
+    from mp4sr.experiment import runner
+
+    tree = yaml.safe_load(_experiment(tmp_path, tiny_data).read_text())
+    tree["archive"] = str(tmp_path / "archive")
+    (tmp_path / "archived.yaml").write_text(yaml.safe_dump(tree))
+    seen, train_run = [], runner.train_run
+
+    def watching(config, *args, **kwargs):
+        archived = tmp_path / "archive" / "tune.db"
+        if archived.is_file():
+            study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{archived}")[0],
+                                      storage=f"sqlite:///{archived}")
+            seen.append(len(finished_trials(study)))
+        else:
+            seen.append(0)
+        return train_run(config, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_run", watching)
+    run_experiment(tmp_path / "archived.yaml", tmp_path / "out", report=False)
+    assert seen == [0, 1, 2, 2]  # two trials, then the final runs of seeds 1 and 2
+
+
 def test_every_search_of_a_comparison_has_the_same_budget(tmp_path, tiny_data):
     tree = yaml.safe_load(_experiment(tmp_path, tiny_data).read_text())
     tree["models"].append({"name": "sasrec-big", "model": "sasrec", "search": {"trials": 5, "space": {

@@ -361,9 +361,10 @@ def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache,
             dataset = datasets.get(task.dataset, config.data.user_core, config.data.item_core)
             return train_run(config, dataset=dataset, on_epoch=on_epoch)
 
+        keep = None if archive is None else lambda: copy_study(out / "tune.db", archive / "tune.db")
         result = tune(task.make_config, task.search, study_storage(out), task.study, train_trial,
                       best_file=out / "tuned" / f"{task.entry}@{Path(task.dataset.key).name}.yaml",
-                      progress=task.make_config({}).train.progress)
+                      progress=task.make_config({}).train.progress, on_trial=keep)  # a killed search keeps its trials
         if result.best_config is None:
             raise ConfigError(f"no trial of the search of {task.entry} on {task.dataset.key} completed (all pruned "
                               f"or failed; study {task.study} in {out / 'tune.db'}): widen its space or set pruner: none")

@@ -164,10 +164,12 @@ def finished_trials(study) -> list:
 
 
 def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec, storage: str, study_name: str,
-         train: Callable[..., Any], best_file: Path | None = None, progress: bool = True) -> TuneOutcome:
+         train: Callable[..., Any], best_file: Path | None = None, progress: bool = True,
+         on_trial: Callable[[], None] | None = None) -> TuneOutcome:
     """Search ``search.space`` around ``make_config(point)`` until the study holds ``search.trials``
     finished trials; ``train(config, on_epoch=...)`` trains one trial and returns a ``RunOutput``.
-    ``best_file``: where the best trial's config is written (after every new best, and at the end)."""
+    ``best_file``: where the best trial's config is written (after every new best, and at the end).
+    ``on_trial``: called after every finished trial (the experiment runner copies the study to its archive)."""
     from tqdm.auto import tqdm
 
     check_space(make_config, search)
@@ -198,6 +200,8 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
             log.info("trial %d pruned after epoch %d", trial.number, trial.last_step)
         else:
             log.info("trial %d finished: valid %.4f", trial.number, trial.value)
+        if on_trial is not None:
+            on_trial()
 
     try:
         while len(finished_trials(study)) < search.trials:
