@@ -227,7 +227,7 @@ def _training_data(d: DatasetSpec) -> dict[str, Any]:
 
 def _runs_on(spec: ExperimentSpec, entry: EntrySpec, dataset: DatasetSpec) -> bool:
     """Whether ``entry`` runs on the dataset row ``dataset`` (its ``datasets``, if any, name the rows)."""
-    return entry.datasets is None or _training_data(dataset) in [_training_data(d) for d in _rows(spec, entry.datasets)]
+    return entry.datasets is None or dataset in _rows(spec, entry.datasets)
 
 
 def _check_searches(spec: ExperimentSpec, path) -> None:
