@@ -516,20 +516,22 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
     from mp4sr.experiment import experiment_status
 
     folder, rows = experiment_status(file, out, only, overrides, seeds, datasets)
+    searches = [r for r in rows if r.stage == "search"]  # their counts are trials, not runs
     table = Table(title=f"{file.name} -> {folder}")
-    for col in ("dataset", "entry", "stage", "finished", "running", "interrupted", "to do", "hours"):
+    columns = ["dataset", "entry", "stage", "finished", "running", "interrupted", "to do", "hours"]
+    for col in columns + (["best valid (trial)"] if searches else []):
         table.add_column(col, justify="left" if col in {"dataset", "entry", "stage"} else "right")
     for r in rows:
         todo = r.planned - r.finished - r.running - r.interrupted
+        best = [f"{r.best:.4f} ({r.best_trial})" if r.best is not None else ""] if searches else []
         table.add_row(r.dataset, r.entry, r.stage, f"{r.finished}/{r.planned}", str(r.running or ""),
-                      str(r.interrupted or ""), str(todo or ""), f"{r.seconds / 3600:.2f}")
+                      str(r.interrupted or ""), str(todo or ""), f"{r.seconds / 3600:.2f}", *best)
     _out_console().print(table)
-    searches = [r for r in rows if r.stage == "search"]  # their counts are trials, not runs
     rows = [r for r in rows if r.stage != "search"]
     total = {name: sum(getattr(r, name) for r in rows) for name in ("planned", "finished", "running", "interrupted")}
     interrupted = f", {total['interrupted']} interrupted (rerunning continues them)" if total["interrupted"] else ""
-    trials = (f"; searches: {sum(r.finished for r in searches)} of {sum(r.planned for r in searches)} trials finished"
-              if searches else "")
+    trials = (f"; searches: {sum(r.finished for r in searches)} of {sum(r.planned for r in searches)} trials finished "
+              f"({sum(r.seconds for r in searches) / 3600:.1f} h)" if searches else "")
     console.print(f"{total['finished']} of {total['planned']} runs finished, {total['running']} running{interrupted}; "
                   f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored{trials}")
 

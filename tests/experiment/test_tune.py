@@ -143,6 +143,14 @@ def test_experiment_tunes_an_entry_then_runs_its_best_settings_with_every_seed(t
     assert run_experiment(path, tmp_path / "out", report=False).trained == 0  # finished: nothing again
     _, rows = experiment_status(path, tmp_path / "out")
     assert [(r.stage, r.finished, r.planned) for r in rows] == [("search", 2, 2), ("finetune", 2, 2)]
+    study = optuna.load_study(study_name=optuna.get_all_study_names(f"sqlite:///{tmp_path / 'out' / 'tune.db'}")[0],
+                              storage=f"sqlite:///{tmp_path / 'out' / 'tune.db'}")
+    assert (rows[0].best, rows[0].best_trial) == (study.best_value, study.best_trial.number)
+    assert rows[0].seconds == pytest.approx(sum(t.duration.total_seconds() for t in study.trials))
+    assert rows[1].best is None
+    shown = CliRunner().invoke(app, ["experiment", str(path), "--out", str(tmp_path / "out"), "--status"])
+    assert shown.exit_code == 0, shown.output
+    assert f"{study.best_value:.4f}" in shown.output and "2 of 2 trials finished" in " ".join(shown.output.split())
 
 
 def test_the_archive_holds_every_finished_trial_while_the_search_goes_on(tmp_path, tiny_data, monkeypatch):

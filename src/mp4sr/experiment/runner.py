@@ -265,7 +265,9 @@ class StatusRow:
     finished: int = 0
     running: int = 0
     interrupted: int = 0  # a folder with last.pt and no live claim: continues where it stopped
-    seconds: float = 0.0  # training time of the finished runs
+    seconds: float = 0.0  # training time of the finished runs (of a search: of its finished trials)
+    best: float | None = None  # a search's best validation value so far
+    best_trial: int | None = None
 
 
 def plan_status(plan: Plan, runs_dir: Path, records: Sequence[Path] = ()) -> list[StatusRow]:
@@ -310,15 +312,21 @@ def search_status(tasks: list[SearchTask], out: Path) -> list[StatusRow]:
     """One row per search: its finished and running trials against its budget."""
     if not tasks:
         return []
-    from mp4sr.experiment.tune import finished_trials, load_existing, running_trials
+    from mp4sr.experiment.tune import best_trial, finished_trials, load_existing, running_trials
 
     rows = []
     for task in tasks:
         study = load_existing(study_storage(out), task.study) if (out / "tune.db").is_file() else None
         row = StatusRow(task.dataset.key, task.entry, "search", planned=task.search.trials)
         if study is not None:
-            row.finished = min(len(finished_trials(study)), task.search.trials)
+            done = finished_trials(study)
+            row.finished = min(len(done), task.search.trials)
             row.running = len(running_trials(study))
+            row.seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done
+                              if t.datetime_start is not None and t.datetime_complete is not None)
+            best = best_trial(study)
+            if best is not None:
+                row.best, row.best_trial = best.value, best.number
         rows.append(row)
     return rows
 

@@ -190,7 +190,7 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
 
     def after(study, trial) -> None:
         bar.n = min(len(finished_trials(study)), search.trials)
-        best = _best(study)
+        best = best_trial(study)
         if best is not None:
             bar.set_postfix_str(f"best {best.value:.4f} (trial {best.number})")
             if best.number == trial.number and best_file is not None:
@@ -209,13 +209,14 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
     finally:
         bar.close()
     wait_for_running(study)
-    best = _best(study)
+    best = best_trial(study)
     if best is not None and best_file is not None:
         write_best(best, best_file, study.study_name)
     return outcome(study, best, best_file)
 
 
-def _best(study):
+def best_trial(study):
+    """The completed trial with the highest value (the earliest of equals), or None."""
     from optuna.trial import TrialState
 
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -274,4 +275,4 @@ def read_outcome(storage: str, study_name: str, trials: int) -> TuneOutcome | No
     study = load_existing(storage, study_name)
     if study is None or len(finished_trials(study)) < trials or running_trials(study):
         return None
-    return outcome(study, _best(study), None)
+    return outcome(study, best_trial(study), None)
