@@ -1,6 +1,7 @@
 """Hyper-parameter search: the study file, resumption, pruning, the best config, and the experiment runner."""
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -189,7 +190,7 @@ def test_every_search_of_a_comparison_has_the_same_budget(tmp_path, tiny_data):
     assert [e.search.trials for e in load_spec(tmp_path / "fair.yaml").models] == [2, 2]
 
 
-def test_a_search_stopped_by_ctrl_c_continues_with_a_fresh_trial(tiny_data, tmp_path):
+def test_a_search_stopped_by_ctrl_c_continues_with_a_fresh_trial(tiny_data, tmp_path, caplog):
     from mp4sr.data import load_dataset
     from mp4sr.experiment.search import point_tree
     from mp4sr.experiment.tune import tune
@@ -207,8 +208,16 @@ def test_a_search_stopped_by_ctrl_c_continues_with_a_fresh_trial(tiny_data, tmp_
             raise KeyboardInterrupt  # Ctrl-C during the first epoch's bookkeeping
         return train_run(config, dataset=dataset, on_epoch=hook)
 
-    with pytest.raises(KeyboardInterrupt):
-        tune(make_config, search, storage, "s", interrupted, progress=False)
+    optuna.logging.enable_propagation()  # Optuna's own warnings reach caplog
+    try:
+        with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.INFO):
+            tune(make_config, search, storage, "s", interrupted, progress=False)
+    finally:
+        optuna.logging.disable_propagation()
+    said = [r.getMessage() for r in caplog.records]
+    assert "trial 0 interrupted: failed in the study, drawn again when the search resumes" in said
+    assert not any("failed" in m and m.startswith("Trial 0") for m in said)  # Optuna's traceback is not shown
+    assert not any(r.exc_info for r in caplog.records)
     result = tune(make_config, search, storage, "s", lambda c, on_epoch: train_run(c, dataset=dataset, on_epoch=on_epoch),
                   best_file=tmp_path / "best.yaml", progress=False)
     study = optuna.load_study(study_name="s", storage=storage)

@@ -31,6 +31,7 @@ from filelock import FileLock
 from mp4sr.config import RunConfig, build_config
 from mp4sr.errors import ConfigError
 from mp4sr.experiment.search import SearchSpec, point_label
+from mp4sr.train.trainer import TrainingInterrupted
 
 log = logging.getLogger("mp4sr.tune")
 
@@ -183,7 +184,12 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
         trial.set_user_attr(CONFIG_ATTR, config.model_dump(mode="json"))
         trial.set_user_attr(POINT_ATTR, point)
         log.info("trial %d: %s", trial.number, point_label(point))
-        output = train(config, on_epoch=EpochReporter(trial, config.train.valid_metric))
+        try:
+            output = train(config, on_epoch=EpochReporter(trial, config.train.valid_metric))
+        except (KeyboardInterrupt, TrainingInterrupted):
+            quiet.numbers.add(trial.number)
+            log.warning("trial %d interrupted: failed in the study, drawn again when the search resumes", trial.number)
+            raise
         trial.set_user_attr("best_epoch", output.result.best_epoch)
         trial.set_user_attr("valid", output.result.valid)
         return output.result.valid[config.train.valid_metric]
@@ -203,16 +209,33 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
         if on_trial is not None:
             on_trial()
 
+    quiet = _InterruptedTrials()
+    optuna_log = logging.getLogger("optuna.study._optimize")
+    optuna_log.addFilter(quiet)
     try:
         while len(finished_trials(study)) < search.trials:
             study.optimize(objective, n_trials=1, callbacks=[after], gc_after_trial=False)
     finally:
+        optuna_log.removeFilter(quiet)
         bar.close()
     wait_for_running(study)
     best = best_trial(study)
     if best is not None and best_file is not None:
         write_best(best, best_file, study.study_name)
     return outcome(study, best, best_file)
+
+
+class _InterruptedTrials(logging.Filter):
+    """Optuna logs a trial stopped by Ctrl-C or a signal as a failure, with the whole traceback of the
+    interrupted training step; the search says it in one line instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numbers: set[int] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {number} failed") for number in self.numbers)
 
 
 def best_trial(study):
