@@ -241,12 +241,14 @@ def tune(
     """Search hyper-parameters on the validation metric (Optuna TPE, median pruning); rerunning the
     same command continues the study. Writes the best trial's config to <out>/best.yaml."""
     from mp4sr.config import RunConfig, build_config, deep_merge
+    from mp4sr.data.loader import find_dataset
     from mp4sr.experiment.search import load_search, point_tree
     from mp4sr.experiment.tune import tune as run_search
     from mp4sr.train import train_run
 
     base: RunConfig = build_config(RunConfig, config, set_, model=model, dataset=dataset)
     search = load_search(space, trials=trials, seed=seed)
+    find_dataset(base.dataset)  # a dataset that is not there stops the search before its study is made
     out = out or Path("runs") / f"tune-{Path(base.dataset).name}-{base.model}"
     storage = storage or f"sqlite:///{out / 'study.db'}"
     name = study or f"{base.model}-{Path(base.dataset).name}"

@@ -240,3 +240,31 @@ def test_two_processes_share_one_study(tiny_data, tmp_path):
     numbers = [t.number for t in finished_trials(study)]
     assert 3 <= len(numbers) <= 4 and len(set(numbers)) == len(numbers)  # one more at most: the other's last
     assert len({t.params["train.lr"] for t in study.trials}) == len(study.trials)  # no draw repeated
+
+
+def test_a_missing_dataset_stops_the_search_before_its_study_is_made(tmp_path):
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    result = CliRunner().invoke(app, ["tune", "--model", "sasrec", "--dataset", str(tmp_path / "nowhere"),
+                                      "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "tune"), *FAST])
+    assert result.exit_code != 0 and "not found" in str(result.exception)
+    assert not (tmp_path / "tune").exists()
+
+
+def test_a_trial_stopped_by_a_bad_setting_is_reported_by_its_message_alone(tiny_data, tmp_path, caplog):
+    from mp4sr.errors import DataError
+    from mp4sr.experiment.tune import tune
+
+    base = build_config(RunConfig, model="sasrec", dataset=str(tiny_data))
+    search = SearchSpec(trials=1, space={"train.lr": {"log_uniform": [1e-3, 1e-2]}})
+
+    def bad_file(config, on_epoch):
+        raise DataError("items.csv line 7: no item id")
+
+    optuna.logging.enable_propagation()
+    try:
+        with pytest.raises(DataError, match="line 7"), caplog.at_level(logging.INFO):
+            tune(lambda point: base, search, f"sqlite:///{tmp_path / 'study.db'}", "s", bad_file, progress=False)
+    finally:
+        optuna.logging.disable_propagation()
+    assert not any(r.getMessage().startswith("Trial 0 failed") or r.exc_info for r in caplog.records)
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials] == ["FAIL"]

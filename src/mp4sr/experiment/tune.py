@@ -29,7 +29,7 @@ import yaml
 from filelock import FileLock
 
 from mp4sr.config import RunConfig, build_config
-from mp4sr.errors import ConfigError
+from mp4sr.errors import ConfigError, MP4SRError
 from mp4sr.experiment.search import SearchSpec, point_label
 from mp4sr.train.trainer import TrainingInterrupted
 
@@ -190,6 +190,9 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
             quiet.numbers.add(trial.number)
             log.warning("trial %d interrupted: failed in the study, drawn again when the search resumes", trial.number)
             raise
+        except MP4SRError:  # a bad file or setting: its message is the report, not Optuna's traceback
+            quiet.numbers.add(trial.number)
+            raise
         trial.set_user_attr("best_epoch", output.result.best_epoch)
         trial.set_user_attr("valid", output.result.valid)
         return output.result.valid[config.train.valid_metric]
@@ -226,8 +229,9 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
 
 
 class _InterruptedTrials(logging.Filter):
-    """Optuna logs a trial stopped by Ctrl-C or a signal as a failure, with the whole traceback of the
-    interrupted training step; the search says it in one line instead."""
+    """Optuna logs a failed trial with the whole traceback of where it stopped; for a trial stopped by
+    Ctrl-C or a signal the search says it in one line instead, and for one stopped by a bad file or
+    setting the error's own message (printed by whoever catches it) is the report."""
 
     def __init__(self) -> None:
         super().__init__()
