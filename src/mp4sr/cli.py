@@ -241,7 +241,7 @@ def tune(
     """Search hyper-parameters on the validation metric (Optuna TPE, median pruning); rerunning the
     same command continues the study. Writes the best trial's config to <out>/best.yaml."""
     from mp4sr.config import RunConfig, build_config, deep_merge
-    from mp4sr.data.loader import find_dataset
+    from mp4sr.data import Dataset, find_dataset, load_dataset
     from mp4sr.experiment.search import load_search, point_tree
     from mp4sr.experiment.tune import tune as run_search
     from mp4sr.train import train_run
@@ -255,8 +255,17 @@ def tune(
     tree = base.model_dump(mode="json")
     console.print(f"tuning [bold]{base.model}[/] on [bold]{base.dataset}[/]: {search.trials} trials, "
                   f"study {name} in {storage}")
+    loaded: dict[str, Dataset] = {}  # the dataset read once for all trials (per reading settings a space may vary)
+
+    def train_trial(trial_config: RunConfig, on_epoch):
+        data = trial_config.data
+        key = trial_config.dataset + data.model_dump_json(include={"user_core", "item_core", "columns"})
+        if key not in loaded:
+            loaded[key] = load_dataset(trial_config.dataset, data.user_core, data.item_core, data.columns)
+        return train_run(trial_config, dataset=loaded[key], on_epoch=on_epoch)
+
     result = run_search(lambda point: build_config(RunConfig, base=deep_merge(tree, point_tree(point))), search,
-                        storage, name, train_run, best_file=out / "best.yaml", progress=base.train.progress)
+                        storage, name, train_trial, best_file=out / "best.yaml", progress=base.train.progress)
     if result.best_config is None:
         raise MP4SRError(f"no trial of study {name} completed (all pruned or failed); widen the space or "
                          "set pruner: none in the --space file")

@@ -268,3 +268,21 @@ def test_a_trial_stopped_by_a_bad_setting_is_reported_by_its_message_alone(tiny_
         optuna.logging.disable_propagation()
     assert not any(r.getMessage().startswith("Trial 0 failed") or r.exc_info for r in caplog.records)
     assert [t.state.name for t in optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials] == ["FAIL"]
+
+
+def test_the_trials_of_a_search_read_the_dataset_once(tiny_data, tmp_path, monkeypatch):
+    import mp4sr.data
+    import mp4sr.data.loader
+
+    reads = []
+    original = mp4sr.data.loader.load_dataset
+
+    def counting(*args, **kwargs):
+        reads.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mp4sr.data, "load_dataset", counting)
+    monkeypatch.setattr(mp4sr.data.loader, "load_dataset", counting)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    study = _tune(tiny_data, tmp_path / "tune")
+    assert len(finished_trials(study)) == 2 and len(reads) == 1
