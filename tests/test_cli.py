@@ -175,3 +175,22 @@ def test_compare_ranks_a_trained_run_again_under_the_other_protocol(tmp_path):
     assert (excluded < kept).mean() > 0.5  # the items of the history ranked above the target are gone
     result = runner.invoke(app, ["compare", str(out), str(tmp_path / "none")])
     assert result.exit_code != 0 and "no such run folder" in str(result.exception)
+
+
+def test_ctrl_c_outside_training_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
+    """Typer turns a KeyboardInterrupt into a silent exit 130; the command line says what happened."""
+    import pytest
+
+    import mp4sr.cli
+    import mp4sr.experiment.tune
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mp4sr.experiment.tune, "tune", pressed)
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"trials": 1, "space": {"train.lr": {"log_uniform": [1e-4, 1e-2]}}}))
+    monkeypatch.setattr("sys.argv", ["mp4sr", "tune", "--model", "pop", "--dataset", "amazon-scientific-mm",
+                                     "--space", str(tmp_path / "space.yaml"), "--out", str(tmp_path / "tune")])
+    with pytest.raises(SystemExit) as stopped:
+        mp4sr.cli.main()
+    assert stopped.value.code == 130 and "interrupted" in capsys.readouterr().err

@@ -607,9 +607,10 @@ def main() -> None:
         code = getattr(e, "exit_code", 2)  # TrainingInterrupted: 128 + signal (130 SIGINT, 143 SIGTERM)
         console.print(f"[bold red]{'error' if code == 2 else 'interrupted'}:[/] {e}")
         sys.exit(code)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+    except SystemExit as e:
+        if e.code == 130:  # Typer ends a Ctrl-C outside training (which says it itself) with a silent exit 130
+            console.print("interrupted")
+        raise
 
 
 if __name__ == "__main__":
