@@ -1,6 +1,7 @@
 import json
 import re
 
+import pytest
 import yaml
 
 from typer.testing import CliRunner
@@ -179,8 +180,6 @@ def test_compare_ranks_a_trained_run_again_under_the_other_protocol(tmp_path):
 
 def test_ctrl_c_outside_training_says_interrupted_and_exits_130(tmp_path, monkeypatch, capsys):
     """Typer turns a KeyboardInterrupt into a silent exit 130; the command line says what happened."""
-    import pytest
-
     import mp4sr.cli
     import mp4sr.experiment.tune
 

@@ -241,7 +241,9 @@ def tune(
     """Search hyper-parameters on the validation metric (Optuna TPE, median pruning); rerunning the
     same command continues the study. Writes the best trial's config to <out>/best.yaml."""
     from mp4sr.config import RunConfig, build_config, deep_merge
-    from mp4sr.data import Dataset, find_dataset, load_dataset
+    from mp4sr.data import find_dataset
+    from mp4sr.experiment.runner import DatasetCache
+    from mp4sr.experiment.spec import DatasetSpec
     from mp4sr.experiment.search import load_search, point_tree
     from mp4sr.experiment.tune import tune as run_search
     from mp4sr.train import train_run
@@ -255,14 +257,11 @@ def tune(
     tree = base.model_dump(mode="json")
     console.print(f"tuning [bold]{base.model}[/] on [bold]{base.dataset}[/]: {search.trials} trials, "
                   f"study {name} in {storage}")
-    loaded: dict[str, Dataset] = {}  # the dataset read once for all trials (per reading settings a space may vary)
+    datasets = DatasetCache()  # read once for all trials (once per reading settings a space varies)
 
     def train_trial(trial_config: RunConfig, on_epoch):
-        data = trial_config.data
-        key = trial_config.dataset + data.model_dump_json(include={"user_core", "item_core", "columns"})
-        if key not in loaded:
-            loaded[key] = load_dataset(trial_config.dataset, data.user_core, data.item_core, data.columns)
-        return train_run(trial_config, dataset=loaded[key], on_epoch=on_epoch)
+        dataset = datasets.for_data(DatasetSpec(name=trial_config.dataset), trial_config.data)
+        return train_run(trial_config, dataset=dataset, on_epoch=on_epoch)
 
     result = run_search(lambda point: build_config(RunConfig, base=deep_merge(tree, point_tree(point))), search,
                         storage, name, train_trial, best_file=out / "best.yaml", progress=base.train.progress)

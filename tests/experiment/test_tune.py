@@ -273,6 +273,7 @@ def test_a_trial_stopped_by_a_bad_setting_is_reported_by_its_message_alone(tiny_
 def test_the_trials_of_a_search_read_the_dataset_once(tiny_data, tmp_path, monkeypatch):
     import mp4sr.data
     import mp4sr.data.loader
+    from mp4sr.experiment import runner
 
     reads = []
     original = mp4sr.data.loader.load_dataset
@@ -283,6 +284,23 @@ def test_the_trials_of_a_search_read_the_dataset_once(tiny_data, tmp_path, monke
 
     monkeypatch.setattr(mp4sr.data, "load_dataset", counting)
     monkeypatch.setattr(mp4sr.data.loader, "load_dataset", counting)
+    monkeypatch.setattr(runner, "load_dataset", counting)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     study = _tune(tiny_data, tmp_path / "tune")
     assert len(finished_trials(study)) == 2 and len(reads) == 1
+
+
+def test_an_experiment_search_reads_the_dataset_with_its_column_names(tiny_data, tmp_path):
+    """The trials read the dataset as the final runs do, with the experiment's data.columns."""
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    table = pd.read_csv(tiny_data / "interactions.csv").rename(columns={"user_id": "uid", "item_id": "iid", "timestamp": "ts"})
+    table.to_csv(renamed / "interactions.csv", index=False)
+    tree = yaml.safe_load(_experiment(tmp_path, tiny_data).read_text())
+    tree["datasets"] = [str(renamed)]
+    tree["defaults"]["data"] = {"columns": {"user": "uid", "item": "iid", "time": "ts"}}
+    (tmp_path / "renamed.yaml").write_text(yaml.safe_dump(tree))
+    outcome = run_experiment(tmp_path / "renamed.yaml", tmp_path / "out", report=False)
+    assert outcome.trained == 2
+    _, rows = experiment_status(tmp_path / "renamed.yaml", tmp_path / "out")
+    assert [(r.stage, r.finished) for r in rows] == [("search", 2), ("finetune", 2)]

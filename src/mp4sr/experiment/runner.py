@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mp4sr.config import ColumnSettings
+from mp4sr.config import ColumnSettings, DataSettings
 from mp4sr.data import Dataset, LeaveOneOut, leave_one_out, load_dataset
 from mp4sr.errors import ConfigError
 from mp4sr.evaluate.coldstart import cold_item_split
@@ -62,6 +62,10 @@ class DatasetCache:
                 dataset = cold_item_split(dataset, spec.cold_items, spec.cold_seed).dataset
             self._datasets[key] = dataset
         return self._datasets[key]
+
+    def for_data(self, spec: DatasetSpec, data: DataSettings) -> Dataset:
+        """The dataset as a run with the data settings ``data`` reads it (its cores and column names)."""
+        return self.get(spec, data.user_core, data.item_core, data.columns)
 
     def split(self, spec: DatasetSpec) -> LeaveOneOut:
         return leave_one_out(self.get(spec))
@@ -228,8 +232,7 @@ def train_one(run: PlannedRun, runs_dir: Path, datasets: DatasetCache) -> None:
     resume = (folder / "last.pt").is_file()
     if folder.exists() and not resume:  # killed before it saved anything
         shutil.rmtree(folder)
-    data = run.config.data
-    dataset = datasets.get(run.dataset, data.user_core, data.item_core, data.columns)
+    dataset = datasets.for_data(run.dataset, run.config.data)
     t0 = time.perf_counter()
     try:
         output = train_run(run.config, folder, dataset=dataset, resume=resume)
@@ -322,8 +325,7 @@ def search_status(tasks: list[SearchTask], out: Path) -> list[StatusRow]:
             done = finished_trials(study)
             row.finished = min(len(done), task.search.trials)
             row.running = len(running_trials(study))
-            row.seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done
-                              if t.datetime_start is not None and t.datetime_complete is not None)
+            row.seconds = sum(t.duration.total_seconds() for t in done if t.duration is not None)
             best = best_trial(study)
             if best is not None:
                 row.best, row.best_trial = best.value, best.number
@@ -366,8 +368,7 @@ def tune_entries(tasks: list[SearchTask], out: Path, datasets: DatasetCache,
         log.info("tuning %s on %s: %d trials (study %s)", task.entry, task.dataset.key, task.search.trials, task.study)
 
         def train_trial(config, on_epoch, task=task):
-            dataset = datasets.get(task.dataset, config.data.user_core, config.data.item_core)
-            return train_run(config, dataset=dataset, on_epoch=on_epoch)
+            return train_run(config, dataset=datasets.for_data(task.dataset, config.data), on_epoch=on_epoch)
 
         keep = None if archive is None else lambda: copy_study(out / "tune.db", archive / "tune.db")
         result = tune(task.make_config, task.search, study_storage(out), task.study, train_trial,

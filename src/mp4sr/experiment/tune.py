@@ -212,7 +212,7 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
         if on_trial is not None:
             on_trial()
 
-    quiet = _InterruptedTrials()
+    quiet = _QuietFailedTrials()
     optuna_log = logging.getLogger("optuna.study._optimize")
     optuna_log.addFilter(quiet)
     try:
@@ -228,7 +228,7 @@ def tune(make_config: Callable[[dict[str, Any]], RunConfig], search: SearchSpec,
     return outcome(study, best, best_file)
 
 
-class _InterruptedTrials(logging.Filter):
+class _QuietFailedTrials(logging.Filter):
     """Optuna logs a failed trial with the whole traceback of where it stopped; for a trial stopped by
     Ctrl-C or a signal the search says it in one line instead, and for one stopped by a bad file or
     setting the error's own message (printed by whoever catches it) is the report."""
