@@ -532,7 +532,7 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
     for col in columns + (["best valid (trial)"] if searches else []):
         table.add_column(col, justify="left" if col in {"dataset", "entry", "stage"} else "right")
     for r in rows:
-        todo = r.planned - r.finished - r.running - r.interrupted
+        todo = max(0, r.planned - r.finished - r.running - r.interrupted)  # a search may run past its budget
         best = [f"{r.best:.4f} ({r.best_trial})" if r.best is not None else ""] if searches else []
         table.add_row(r.dataset, r.entry, r.stage, f"{r.finished}/{r.planned}", str(r.running or ""),
                       str(r.interrupted or ""), str(todo or ""), f"{r.seconds / 3600:.2f}", *best)
@@ -542,6 +542,10 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
     interrupted = f", {total['interrupted']} interrupted (rerunning continues them)" if total["interrupted"] else ""
     trials = (f"; searches: {sum(r.finished for r in searches)} of {sum(r.planned for r in searches)} trials finished "
               f"({sum(r.seconds for r in searches) / 3600:.1f} h)" if searches else "")
+    waiting = [r for r in searches if r.finished < r.planned or r.running]
+    if waiting:  # the final runs of a searched entry are planned from its best trial
+        trials += (f"; the runs of {', '.join(sorted({r.entry for r in waiting}))} are planned once "
+                   f"{'its search finishes' if len(waiting) == 1 else 'their searches finish'}")
     console.print(f"{total['finished']} of {total['planned']} runs finished, {total['running']} running{interrupted}; "
                   f"{sum(r.seconds for r in rows) / 3600:.1f} h of training stored{trials}")
 

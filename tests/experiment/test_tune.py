@@ -152,6 +152,12 @@ def test_experiment_tunes_an_entry_then_runs_its_best_settings_with_every_seed(t
     shown = CliRunner().invoke(app, ["experiment", str(path), "--out", str(tmp_path / "out"), "--status"])
     assert shown.exit_code == 0, shown.output
     assert f"{study.best_value:.4f}" in shown.output and "2 of 2 trials finished" in " ".join(shown.output.split())
+    assert "planned once" not in shown.output
+    study.ask()  # another process's trial past the budget: the runs wait for it, nothing is left to do
+    shown = CliRunner().invoke(app, ["experiment", str(path), "--out", str(tmp_path / "out"), "--status"])
+    search_row = next(line for line in shown.output.splitlines() if "search" in line)
+    assert "-1" not in search_row and "2/2" in search_row
+    assert "the runs of sasrec are planned once its search finishes" in " ".join(shown.output.split())
 
 
 def test_the_archive_holds_every_finished_trial_while_the_search_goes_on(tmp_path, tiny_data, monkeypatch):
