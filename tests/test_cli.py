@@ -17,6 +17,23 @@ def test_datasets_lists_shared_data():
     assert "amazon-scientific-mm" in result.output and "2,928" in result.output
 
 
+def test_datasets_reads_tables_with_the_given_column_names(tmp_path, monkeypatch):
+    folder = tmp_path / "data" / "shop"
+    folder.mkdir(parents=True)
+    log = "".join(f"{u},{i}\n" for u in range(3) for i in range(6))
+    (folder / "interactions.csv").write_text("uid,iid\n" + log)
+    monkeypatch.setenv("MP4SR_DATA_DIR", str(tmp_path / "data"))
+    result = runner.invoke(app, ["datasets"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "unreadable" in result.output and "data.columns.user" in result.output
+    result = runner.invoke(app, ["datasets", "--set", "data.columns.user=uid", "--set", "data.columns.item=iid"],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "unreadable" not in result.output and "shop" in result.output and "18" in result.output
+    result = runner.invoke(app, ["datasets", "--set", "train.lr=0.1"])
+    assert result.exit_code != 0 and "data.* settings" in str(result.exception)
+
+
 def test_train_pop_writes_metrics(tmp_path):
     out = tmp_path / "pop"
     result = runner.invoke(app, ["train", "--model", "pop", "--dataset", "amazon-scientific-mm", "--out", str(out)])
@@ -114,6 +131,22 @@ def test_images_alone_and_no_content_at_all(scientific_mm_with, tmp_path, caplog
     id_only = ", ".join(sorted(name for name, cls in REGISTRY.items() if not reads_content(cls)))
     assert result.exit_code != 0 and "dataset 'scientific-ids' has none (it has neither item text nor images)" in str(
         result.exception) and f"can train on it: {id_only}" in str(result.exception)
+
+
+def test_finetune_from_a_checkpoint_stays_on_its_dataset(scientific_mm_with, tmp_path):
+    """`finetune --from` without --dataset fine-tunes on the pre-training's dataset, not the default one."""
+    text = scientific_mm_with("scientific-text", (".feat1CLS",))
+    tiny = ["params.hidden=16", "params.ffn=32", "params.layers=1", "train.epochs=1", "train.progress=false"]
+    sets = [a for kv in tiny for a in ("--set", kv)]
+    result = runner.invoke(app, ["pretrain", "--dataset", str(text), "--out", str(tmp_path / "pre")] + sets)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["finetune", "--from", str(tmp_path / "pre"), "--out", str(tmp_path / "fine")] + sets)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "fine" / "config.yaml").read_text())["dataset"] == str(text)
+    result = runner.invoke(app, ["finetune", "--from", str(tmp_path / "pre"), "--out", str(tmp_path / "other"),
+                                 "--set", "dataset=amazon-scientific-mm"] + sets)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "other" / "config.yaml").read_text())["dataset"] == "amazon-scientific-mm"
 
 
 def test_features_reads_a_table_with_its_column_names(tmp_path):

@@ -162,8 +162,22 @@ def finetune(
     config: Optional[Path] = ConfigOpt, set_: Optional[list[str]] = SetOpt, out: Optional[Path] = OutOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
 ) -> None:
-    """Fine-tune MP4SR for next-item prediction (from a pre-trained checkpoint)."""
+    """Fine-tune MP4SR for next-item prediction (from a pre-trained checkpoint, on its dataset unless
+    --dataset, --config or --set names another)."""
+    if from_ and dataset is None:
+        dataset = _checkpoint_dataset(from_, config, set_)
     _stage("finetune", dataset, config, set_, out, init_from=from_, resume=resume)
+
+
+def _checkpoint_dataset(checkpoint: str, config: Optional[Path], set_: Optional[list[str]]) -> Optional[str]:
+    """The dataset a pre-trained checkpoint was trained on, when neither the --config file nor --set
+    names one (None otherwise, and for a checkpoint without a config)."""
+    from mp4sr.config import parse_overrides, read_yaml
+    from mp4sr.train.run import read_pretrained
+
+    if "dataset" in parse_overrides(set_) or (config is not None and "dataset" in read_yaml(config)):
+        return None
+    return (read_pretrained(checkpoint).get("config") or {}).get("dataset")
 
 
 @app.command()
@@ -551,12 +565,18 @@ def _experiment_status(file: Path, out: Optional[Path], only: Optional[list[str]
 
 
 @app.command()
-def datasets() -> None:
-    """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes."""
+def datasets(config: Optional[Path] = DataConfigOpt, set_: Optional[list[str]] = DataSetOpt) -> None:
+    """List the datasets found in $MP4SR_DATA_DIR, ./data and ../shared/data, with their sizes; tables
+    and atomic files are read with the data settings of --config / --set (column names, cores)."""
+    from mp4sr.config import RunConfig, build_config
     from mp4sr.data import list_datasets, load_dataset
     from mp4sr.data.loader import ITEMS_ONLY
     from mp4sr.paths import data_roots
 
+    other = [kv for kv in set_ or [] if not kv.startswith("data.")]
+    if other:
+        raise MP4SRError(f"--set {other[0]}: `mp4sr datasets` takes data.* settings (how to read the files)")
+    data = build_config(RunConfig, config, set_).data
     found = list_datasets()
     if not found:
         roots = ", ".join(str(r) for r in data_roots())
@@ -571,7 +591,7 @@ def datasets() -> None:
 
                 table.add_row(name, fmt, "-", f"{len(load_items(folder).catalogue.ids):,}", "-", "-", str(folder))
                 continue
-            s = load_dataset(folder).summary()
+            s = load_dataset(folder, data.user_core, data.item_core, data.columns).summary()
             table.add_row(name, fmt, f"{s['users']:,}", f"{s['items']:,}", f"{s['interactions']:,}",
                           f"{s['avg_length']:.1f}", str(folder))
         except MP4SRError as e:

@@ -26,10 +26,11 @@ class ColumnSettings(Section):
 
     user: str = Field("user_id", description="user id column of the interactions")
     item: str = Field("item_id", description="item id column of the interactions and of the item table")
-    time: str | None = Field("timestamp", description="time column (any sortable values); when it is absent or "
-                             "null, each user's interactions keep the file's order")
-    text: list[str] | None = Field(None, description="item table columns joined ('. ') into the item text; null: "
-                                   "every string column except the image one")
+    time: str | None = Field("timestamp", description="time column (numbers, or ISO dates and datetimes); when it is "
+                             "absent or null, each user's interactions keep the file's order")
+    text: list[str] | None = Field(None, description="item table columns of item text, each non-empty one a text "
+                                   "vector of the item (up to features.max_vectors); null: every string column "
+                                   "except the image one")
     image: str | None = Field("image", description="item table column of image file paths, relative to the item "
                               "table's folder; null: no images")
 

@@ -131,6 +131,34 @@ def test_table_csv_and_parquet(tmp_path):
     assert read_table(tmp_path / "log.parquet").n_interactions == ds.n_interactions
 
 
+def test_table_ids_stay_as_written(tmp_path):
+    """Zero-padded ids keep their zeros, and numeric ids in a column with an empty cell (read as floats)
+    do not gain a '.0': the ids a user gives back and the item table's ids must match the dataset's."""
+    users = np.repeat([f"{u:03d}" for u in range(4)], 5)
+    items = [f"{i:06d}" for i in (1, 2, 3, 4, 5)] * 4
+    (tmp_path / "padded").mkdir()
+    pd.DataFrame({"user_id": users, "item_id": items}).to_csv(tmp_path / "padded/interactions.csv", index=False)
+    pd.DataFrame({"item_id": sorted(set(items)), "title": ["a", "b", "c", "d", "e"]}).to_csv(
+        tmp_path / "padded/items.csv", index=False)
+    ds = load_dataset(tmp_path / "padded")
+    assert list(ds.items.ids) == ["000001", "000002", "000003", "000004", "000005"]
+    assert list(ds.user_ids) == ["000", "001", "002", "003"]
+    assert ds.items.text == ["a", "b", "c", "d", "e"]
+
+    (tmp_path / "gaps").mkdir()
+    log = "user_id,item_id\n" + "".join(f"{u},{1370 + i}\n" for u in range(3) for i in range(5)) + "7,\n"
+    (tmp_path / "gaps/interactions.csv").write_text(log)
+    pd.DataFrame({"item_id": [1370 + i for i in range(5)], "title": list("vwxyz")}).to_parquet(
+        tmp_path / "gaps/items.parquet")
+    ds = load_dataset(tmp_path / "gaps")
+    assert list(ds.items.ids) == ["1370", "1371", "1372", "1373", "1374"]
+    assert ds.items.text == list("vwxyz")
+    floats = pd.DataFrame({"user_id": [1.0] * 5 + [np.nan], "item_id": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    floats.to_parquet(tmp_path / "floats.parquet")
+    ds = read_table(tmp_path / "floats.parquet")
+    assert list(ds.items.ids) == ["1", "2", "3", "4", "5"] and list(ds.user_ids) == ["1"]
+
+
 def test_table_missing_column(tmp_path):
     pd.DataFrame({"user": [1], "item_id": [2]}).to_csv(tmp_path / "log.csv", index=False)
     with pytest.raises(DataError, match=r"log\.csv: missing column\(s\) \['user_id'\]"):

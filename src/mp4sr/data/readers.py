@@ -280,7 +280,7 @@ def from_interactions(
     or datetimes (see ``timestamps``).
     """
     interactions = interactions.dropna(subset=["user_id", "item_id"])
-    df = interactions[["user_id", "item_id"]].astype(str).copy()
+    df = pd.DataFrame({c: _id_text(interactions[c]) for c in ("user_id", "item_id")})
     df["timestamp"] = timestamps(interactions["timestamp"], source).to_numpy() if "timestamp" in interactions else 0
     df["order"] = np.arange(len(df))
     df = df.sort_values(["timestamp", "order"], kind="stable")
@@ -304,6 +304,16 @@ def from_interactions(
     return Dataset(name, catalogue, user_ids.astype(object), Sequences(offsets, items), source=source)
 
 
+def _id_text(column: pd.Series) -> pd.Series:
+    """Ids as text. A numeric id column with an empty cell is read as floats; its ids lose the ``.0``
+    (``1370``, not ``1370.0``), so that they match the ids users and item tables give."""
+    if pd.api.types.is_float_dtype(column):
+        known = column.dropna()
+        if known.size and bool((known == np.floor(known)).all()):
+            return column.astype("Int64").astype(str).where(column.notna())
+    return column.astype(str)
+
+
 def _is_text(column: pd.Series) -> bool:
     return column.dtype == object or pd.api.types.is_string_dtype(column)
 
@@ -317,7 +327,8 @@ def _catalogue(
 ) -> ItemCatalogue:
     if items is None:
         return ItemCatalogue(item_ids)
-    table = items.astype({"item_id": str}).drop_duplicates("item_id", keep="last").set_index("item_id")
+    table = items.dropna(subset=["item_id"]).assign(item_id=lambda t: _id_text(t["item_id"]))
+    table = table.drop_duplicates("item_id", keep="last").set_index("item_id")
     table = table.reindex(item_ids)
     if text_fields is None:
         text_fields = [c for c in table.columns if c != image_field and _is_text(table[c])]
@@ -406,11 +417,12 @@ def read_atomic(folder: Path, name: str | None = None, sep: str = "\t", user_cor
 _COLUMN_HINT = " (other names: --set data.columns.user=NAME, .item, .time; see docs/own-data.md)"
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path, ids: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV or Parquet table; the CSV columns ``ids`` are read as text, so that ``000492`` keeps its zeros."""
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path)
+        return pd.read_csv(path, dtype={c: str for c in ids})
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise DataError(f"cannot read the table: {e}", path) from None
 
@@ -429,7 +441,7 @@ def read_table(
 ) -> Dataset:
     """A CSV or Parquet log of (user, item, timestamp) and an optional item table keyed by item id."""
     path = Path(path)
-    df = _read_table(path)
+    df = _read_table(path, ids=(user_col, item_col))
     if df.empty:
         raise DataError("empty table: expected (user, item, timestamp) rows", path)
     missing = [c for c in (user_col, item_col) if c not in df]
@@ -441,7 +453,7 @@ def read_table(
         log["timestamp"] = timestamps(df[time_col], path, lines, what=f"column {time_col!r}")
     items = None
     if items_path is not None:
-        items = _read_table(Path(items_path))
+        items = _read_table(Path(items_path), ids=(item_col,))
         if item_col not in items:
             raise DataError(f"the item table has no {item_col!r} column{_COLUMN_HINT}", items_path)
         items = items.rename(columns={item_col: "item_id"})

@@ -32,9 +32,9 @@ class ItemSource:
     folder: Path | None = None  # where the dataset lives (sibling datasets are looked for beside it)
 
 
-def _read(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+def _read(path: Path, id_column: str) -> pd.DataFrame:
+    try:  # CSV ids are read as text, so that zero-padded ids keep their zeros
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={id_column: str})
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read the item table: {e}", path) from None
 
@@ -57,7 +57,7 @@ def catalogue_from_table(
     The defaults read H&M's ``articles.parquet`` and ``images/<article_id zero-padded to 10>.jpg``;
     ``text_columns=None`` takes every text column."""
     path = Path(path)
-    table = _read(path)
+    table = _read(path, id_column)
     if text_columns is None:
         text_columns = [c for c in table.columns if c != id_column and c not in category_columns
                         and pd.api.types.is_string_dtype(table[c])]

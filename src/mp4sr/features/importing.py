@@ -56,8 +56,10 @@ def read_vectors(path: str | Path, n_rows: int | None = None, dim: int | None = 
             raise DataError(f"{count} floats are not a whole number of {dim}-d rows", path)
         array = np.memmap(path, dtype="<f4", mode="r", shape=(count // dim, dim))
     if n_rows is not None and len(array) != n_rows:
-        raise DataError(f"{len(array)} rows of {array.shape[1]} values, but the item index has {n_rows} items; "
-                        f"give the item index the rows were written in", path)
+        raise DataError(f"{len(array)} rows of {array.shape[1]} values, but there are {n_rows} items: row i of a matrix "
+                        "is the vector of item i, in the dataset's item order (docs/own-data.md); vectors in another "
+                        "order, or of other items, are read by id from a .parquet table with an id column or an .npz "
+                        "with arrays 'ids' and 'vectors'", path)
     return array
 
 

@@ -19,7 +19,7 @@ class UnknownItemsError(DataError):
         self.ids = list(dict.fromkeys(ids))
         super().__init__(
             f"unknown item id(s) in the {what}: {_some(self.ids)}. The model knows {n_items:,} items "
-            f"(the catalogue's external ids, e.g. ASINs); pass skip_unknown=true to ignore unknown ids."
+            f"(the catalogue's external ids, e.g. ASINs); to ignore unknown ids pass skip_unknown=true (HTTP) or --skip-unknown (CLI)."
         )
 
 
