@@ -165,6 +165,9 @@ def test_fast_handler_answers_like_the_fastapi_route(clients, route_only_client,
         fast = clients["sasrec"].post("/recommend", content=raw, headers={"content-type": kind})
         route = route_only_client.post("/recommend", content=raw, headers={"content-type": kind})
         assert fast.status_code == route.status_code and fast.json() == route.json(), raw
+    form = clients["sasrec"].post("/recommend", content=b'{"history": []}',  # curl -d's default content type
+                                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert form.status_code == 422 and "Content-Type: application/json" in form.json()["detail"]
 
 
 def test_body_over_the_limit_is_413(recommenders, scientific_mm):
@@ -177,6 +180,9 @@ def test_body_over_the_limit_is_413(recommenders, scientific_mm):
         assert client.post("/recommend", json={"history": [item] * 10}).status_code == 200
         response = client.post("/recommend", json={"history": [item] * 200})
         assert response.status_code == 413 and "1,000 bytes" in response.json()["detail"]
+        for path in ("/items", "/rank"):  # every route answers a too large body in JSON
+            response = client.post(path, json={"items": [{"id": item, "text": "x" * 2000}]})
+            assert response.status_code == 413 and "1,000 bytes" in response.json()["detail"], path
 
 
 def test_jobs_scored_together_answer_as_alone(recommenders, scientific_mm, split):

@@ -194,9 +194,21 @@ def test_serving_an_exported_model_imports_no_training_code(exported, nothing_el
 
 @pytest.fixture(scope="module")
 def exported_shop(shop_recommender, tmp_path_factory) -> Path:
+    from mp4sr.serve.commands import export_model_command
+
     out = tmp_path_factory.mktemp("model-shop")
-    export_model(shop_recommender.folder, out, images=True)
+    said: list[str] = []
+    export_model_command(shop_recommender.folder, out, images=True, echo=said.append)
+    assert said[-1] == f"copied 100 item photos into {out / 'images'}"
     return out
+
+
+def test_exporting_photos_of_a_catalogue_without_any_says_so(checkpoints, tmp_path):
+    from mp4sr.serve.commands import export_model_command
+
+    said: list[str] = []
+    export_model_command(checkpoints["sasrec"], tmp_path / "model", images=True, echo=said.append)
+    assert "no photo files to copy" in said[-1] and not (tmp_path / "model" / "images").exists()
 
 
 def test_an_exported_model_shows_its_titles_and_copied_photos(shop_recommender, exported_shop, nothing_else):
@@ -217,6 +229,20 @@ def test_an_exported_model_shows_its_titles_and_copied_photos(shop_recommender, 
     assert answer.status_code == 200 and answer.content == run.image_file(with_photo[0]).read_bytes()
     no_photo = next(i for i in range(len(run)) if run.image_file(i) is None)
     assert client.get(f"/items/{shipped.item_ids[no_photo]}/image").status_code == 404
+
+
+def test_a_run_folder_without_its_dataset_points_to_export_model(checkpoints, tmp_path, monkeypatch):
+    import torch
+
+    payload = torch.load(checkpoints["sasrec"] / "best.pt", map_location="cpu", weights_only=True)
+    payload["config"]["dataset"] = "amazon-scientific-mm"  # by name, as users train: not here
+    (tmp_path / "run").mkdir()
+    torch.save(payload, tmp_path / "run" / "best.pt")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    monkeypatch.chdir(tmp_path / "cwd")  # no ./data, no ../shared/data: a machine without the dataset
+    with pytest.raises(DataError, match=r"dataset 'amazon-scientific-mm' not found.*mp4sr export-model --checkpoint"):
+        Recommender.load(tmp_path / "run")
 
 
 def test_serving_a_run_folder_imports_no_training_code(checkpoints, serve_cache):

@@ -158,7 +158,9 @@ def _install_error_handlers(app: FastAPI, rec: Recommender) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         content = _invalid_content(exc.errors())
-        if request.url.path.endswith("/items") and rec.supports_new_items:
+        if request.method == "POST" and not _is_json(request.scope):
+            content["detail"] += " (the body must be JSON, sent with the header Content-Type: application/json)"
+        elif request.url.path.endswith("/items") and rec.supports_new_items:
             content = _with_item_fields(content, rec.new_item_fields())
         return JSONResponse(status_code=422, content=content)
 
@@ -177,13 +179,24 @@ class _Service(FastAPI):
     Middleware added to the app does not see the fast routes: clear ``fast_routes`` when adding some."""
 
     fast_routes: Mapping[tuple[str, str], Callable[..., Awaitable[None]]] = {}
+    body_limit: int | None = None  # a request whose Content-Length is over it gets a JSON 413 here
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
+            if self.body_limit is not None and _content_length(scope) > self.body_limit:
+                return await _send_json(send, 413, {"detail": f"request body over {self.body_limit:,} bytes"})
             handler = self.fast_routes.get((scope["method"], scope["path"]))
             if handler is not None and _is_json(scope):
                 return await handler(scope, receive, send)
         await super().__call__(scope, receive, send)
+
+
+def _content_length(scope) -> int:
+    """The request's Content-Length (0 when absent or unreadable: a streamed body is limited as it is read)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def _is_json(scope) -> bool:
@@ -247,6 +260,7 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
     body_limit = {"max_body_size": limits.max_body_bytes} if "max_body_size" in signature(FastAPI).parameters else {}
     app = _Service(title=mp4sr.__name__, version=mp4sr.__version__, lifespan=lifespan, **body_limit,
                   description=f"Next-item recommendations from a {rec.model_name} model; item ids are the catalogue's ids.")
+    app.body_limit = limits.max_body_bytes
     _install_error_handlers(app, rec)
 
     @app.get("/health")

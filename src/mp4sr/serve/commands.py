@@ -67,9 +67,16 @@ def export_model_command(checkpoint: str | Path, out: str | Path, *, images: boo
     """`mp4sr export-model`: the run's model as a folder that serves with no dataset or feature cache."""
     from mp4sr.serve.packaging import export_model
 
+    from mp4sr.serve.model_file import IMAGES_DIR
+
     file = export_model(checkpoint, out, images=images)
     echo(f"wrote {file} ({file.stat().st_size / 2**20:.1f} MiB) and its model card {Path(out) / 'README.md'}; "
          f"serve it with `mp4sr serve --checkpoint {out}`")
+    if images:
+        photos = Path(out) / IMAGES_DIR
+        copied = sum(1 for _ in photos.iterdir()) if photos.is_dir() else 0
+        echo(f"copied {copied:,} item photos into {photos}" if copied else
+             "--images: the catalogue has no photo files to copy (its image vectors, if any, are in the model)")
     return file
 
 

@@ -15,11 +15,12 @@ def _some(ids: list[str]) -> str:
 class UnknownItemsError(DataError):
     """Item ids that are not in the model's catalogue."""
 
-    def __init__(self, ids: list[str], n_items: int, what: str = "history"):
+    def __init__(self, ids: list[str], n_items: int, what: str = "history", skippable: bool = True):
         self.ids = list(dict.fromkeys(ids))
+        hint = "; pass skip_unknown to ignore them (--skip-unknown on the command line)" if skippable else ""
         super().__init__(
             f"unknown item id(s) in the {what}: {_some(self.ids)}. The model knows {n_items:,} items "
-            f"(the catalogue's external ids, e.g. ASINs); to ignore unknown ids pass skip_unknown=true (HTTP) or --skip-unknown (CLI)."
+            f"(the catalogue's external ids, e.g. ASINs){hint}."
         )
 
 

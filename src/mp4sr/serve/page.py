@@ -31,8 +31,8 @@ def item_ranks(rec: Recommender, history: Sequence[str], items: Sequence[str],
     """The rank (1 = first) and score of each of ``items`` among every item after ``history``, as
     /recommend ranks them (None for an item of the history when ``exclude_seen``); and how many items
     were ranked."""
-    (known,), _ = rec.resolve([history])
-    (wanted,), _ = rec.resolve([items], what="items")
+    (known,), _ = rec.resolve([history], skippable=False)
+    (wanted,), _ = rec.resolve([items], what="items", skippable=False)
     scores = rec.score_indexes([known])[0]
     if exclude_seen and known:
         scores[torch.as_tensor(known)] = -torch.inf
@@ -87,7 +87,7 @@ def install_page(app: FastAPI, rec: Recommender, limits: ServeLimits) -> None:
         """Title, text and whether a photo exists, of each given item."""
         if len(ids) > MAX_LOOKUP:
             raise HTTPException(422, f"{len(ids)} ids in one lookup; at most {MAX_LOOKUP}")
-        (indexes,), _ = rec.resolve([ids], what="lookup")
+        (indexes,), _ = rec.resolve([ids], what="lookup", skippable=False)
         view = display()
         return {"items": [info(view, i) for i in indexes]}
 

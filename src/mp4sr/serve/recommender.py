@@ -128,7 +128,14 @@ def _served_dataset(config: RunConfig, dataset: str | Path | Dataset | None) -> 
 
     if isinstance(dataset, Dataset):
         return dataset, None
-    first = load_dataset(dataset or config.dataset, config.data.user_core, config.data.item_core, config.data.columns)
+    try:
+        first = load_dataset(dataset or config.dataset, config.data.user_core, config.data.item_core, config.data.columns)
+    except DataError as e:
+        if dataset is not None:
+            raise
+        raise DataError(f"{e}. A run folder is served from its dataset; to serve where the dataset is not, "
+                        "export the model where it is (`mp4sr export-model --checkpoint RUN --out FOLDER`) "
+                        "and serve that folder") from None
     return training_data(config.dataset, config.data, first)
 
 
@@ -295,9 +302,10 @@ class Recommender:
             out += self.select_top(self.score_indexes(part), part, k, exclude_seen, allowed)
         return [Recommendation(items, None if h else POPULARITY, s) for items, h, s in zip(out, known, skipped)]
 
-    def resolve(self, histories: Sequence[Sequence[str]], skip_unknown: bool = False,
-                what: str = "history") -> tuple[list[list[int]], list[list[str]]]:
-        """Item indexes of each history and the unknown ids dropped from it (an error unless ``skip_unknown``)."""
+    def resolve(self, histories: Sequence[Sequence[str]], skip_unknown: bool = False, what: str = "history",
+                skippable: bool = True) -> tuple[list[list[int]], list[list[str]]]:
+        """Item indexes of each history and the unknown ids dropped from it (an error unless ``skip_unknown``;
+        ``skippable``: whether the caller offers ``skip_unknown``, which the error then suggests)."""
         known, skipped = [], []
         for history in histories:
             if isinstance(history, (str, bytes)):
@@ -307,7 +315,7 @@ class Recommender:
             skipped.append([i for i in ids if i not in self.index])
         unknown = [i for ids in skipped for i in ids]
         if unknown and not skip_unknown:
-            raise UnknownItemsError(unknown, self.n_items, what)
+            raise UnknownItemsError(unknown, self.n_items, what, skippable)
         return known, skipped
 
     def score_indexes(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
