@@ -220,6 +220,13 @@ DataConfigOpt = typer.Option(
 DataSetOpt = typer.Option(None, "--set", "-s", help="A data.* setting, e.g. data.columns.user=uid (repeatable).")
 
 
+def _only_data_settings(set_: Optional[list[str]], refusal: str) -> None:
+    """Refuse a --set that is not a data.* setting, with ``refusal`` saying what the command takes."""
+    other = [kv for kv in set_ or [] if not kv.startswith("data.")]
+    if other:
+        raise MP4SRError(f"--set {other[0]}: {refusal}")
+
+
 def _feature_dataset(dataset: Optional[str], config: Optional[Path], set_: Optional[list[str]]):
     """What `features` extracts from: the dataset's name, or, under --config / --set, the dataset read
     with their data settings (column names, cores)."""
@@ -227,10 +234,8 @@ def _feature_dataset(dataset: Optional[str], config: Optional[Path], set_: Optio
     from mp4sr.data import find_dataset, load_dataset
     from mp4sr.data.loader import detect_format
 
-    other = [kv for kv in set_ or [] if not kv.startswith("data.")]
-    if other:
-        raise MP4SRError(f"--set {other[0]}: `mp4sr features` takes data.* settings; its encoders are its options "
-                         "(--text-encoder, --image-encoder, ...)")
+    _only_data_settings(set_, "`mp4sr features` takes data.* settings; its encoders are its options "
+                              "(--text-encoder, --image-encoder, ...)")
     cfg: RunConfig = build_config(RunConfig, config, set_, dataset=dataset)
     folder = find_dataset(cfg.dataset)
     if (config is None and not set_) or (folder.is_dir() and detect_format(folder) is None):
@@ -573,9 +578,7 @@ def datasets(config: Optional[Path] = DataConfigOpt, set_: Optional[list[str]] =
     from mp4sr.data.loader import ITEMS_ONLY
     from mp4sr.paths import data_roots
 
-    other = [kv for kv in set_ or [] if not kv.startswith("data.")]
-    if other:
-        raise MP4SRError(f"--set {other[0]}: `mp4sr datasets` takes data.* settings (how to read the files)")
+    _only_data_settings(set_, "`mp4sr datasets` takes data.* settings (how to read the files)")
     data = build_config(RunConfig, config, set_).data
     found = list_datasets()
     if not found:

@@ -417,7 +417,7 @@ def read_atomic(folder: Path, name: str | None = None, sep: str = "\t", user_cor
 _COLUMN_HINT = " (other names: --set data.columns.user=NAME, .item, .time; see docs/own-data.md)"
 
 
-def _read_table(path: Path, ids: tuple[str, ...] = ()) -> pd.DataFrame:
+def read_frame(path: Path, ids: tuple[str, ...] = ()) -> pd.DataFrame:
     """A CSV or Parquet table; the CSV columns ``ids`` are read as text, so that ``000492`` keeps its zeros."""
     try:
         if path.suffix == ".parquet":
@@ -441,7 +441,7 @@ def read_table(
 ) -> Dataset:
     """A CSV or Parquet log of (user, item, timestamp) and an optional item table keyed by item id."""
     path = Path(path)
-    df = _read_table(path, ids=(user_col, item_col))
+    df = read_frame(path, ids=(user_col, item_col))
     if df.empty:
         raise DataError("empty table: expected (user, item, timestamp) rows", path)
     missing = [c for c in (user_col, item_col) if c not in df]
@@ -453,7 +453,7 @@ def read_table(
         log["timestamp"] = timestamps(df[time_col], path, lines, what=f"column {time_col!r}")
     items = None
     if items_path is not None:
-        items = _read_table(Path(items_path), ids=(item_col,))
+        items = read_frame(Path(items_path), ids=(item_col,))
         if item_col not in items:
             raise DataError(f"the item table has no {item_col!r} column{_COLUMN_HINT}", items_path)
         items = items.rename(columns={item_col: "item_id"})

@@ -11,6 +11,7 @@ import pandas as pd
 
 from mp4sr.data import Dataset, ItemCatalogue, find_dataset, load_dataset
 from mp4sr.data.loader import ITEM_TABLE_NAMES, detect_format
+from mp4sr.data.readers import read_frame
 from mp4sr.errors import DataError
 
 # H&M's articles table: the name and description, then the category columns joined into one field.
@@ -32,13 +33,6 @@ class ItemSource:
     folder: Path | None = None  # where the dataset lives (sibling datasets are looked for beside it)
 
 
-def _read(path: Path, id_column: str) -> pd.DataFrame:
-    try:  # CSV ids are read as text, so that zero-padded ids keep their zeros
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={id_column: str})
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read the item table: {e}", path) from None
-
-
 def _sentence(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
@@ -57,7 +51,7 @@ def catalogue_from_table(
     The defaults read H&M's ``articles.parquet`` and ``images/<article_id zero-padded to 10>.jpg``;
     ``text_columns=None`` takes every text column."""
     path = Path(path)
-    table = _read(path, id_column)
+    table = read_frame(path, ids=(id_column,))
     if text_columns is None:
         text_columns = [c for c in table.columns if c != id_column and c not in category_columns
                         and pd.api.types.is_string_dtype(table[c])]

@@ -257,8 +257,8 @@ def create_app(rec: Recommender, limits: ServeLimits = ServeLimits()) -> FastAPI
         yield
         await batcher.stop()
 
-    body_limit = {"max_body_size": limits.max_body_bytes} if "max_body_size" in signature(FastAPI).parameters else {}
-    app = _Service(title=mp4sr.__name__, version=mp4sr.__version__, lifespan=lifespan, **body_limit,
+    streamed_limit = {"max_body_size": limits.max_body_bytes} if "max_body_size" in signature(FastAPI).parameters else {}
+    app = _Service(title=mp4sr.__name__, version=mp4sr.__version__, lifespan=lifespan, **streamed_limit,
                   description=f"Next-item recommendations from a {rec.model_name} model; item ids are the catalogue's ids.")
     app.body_limit = limits.max_body_bytes
     _install_error_handlers(app, rec)

@@ -65,9 +65,8 @@ def export_command(checkpoint: str | Path, out: str | Path, k: int = 10, *, excl
 def export_model_command(checkpoint: str | Path, out: str | Path, *, images: bool = False,
                          echo: Callable[[str], None] = print) -> Path:
     """`mp4sr export-model`: the run's model as a folder that serves with no dataset or feature cache."""
-    from mp4sr.serve.packaging import export_model
-
     from mp4sr.serve.model_file import IMAGES_DIR
+    from mp4sr.serve.packaging import export_model
 
     file = export_model(checkpoint, out, images=images)
     echo(f"wrote {file} ({file.stat().st_size / 2**20:.1f} MiB) and its model card {Path(out) / 'README.md'}; "
