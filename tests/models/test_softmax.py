@@ -175,17 +175,11 @@ def test_models_train_with_the_loss_and_gradients_of_the_plain_form(name, module
         torch.testing.assert_close(grad, expected_grads[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
-@pytest.mark.parametrize("name,module", [("sasrec", sasrec), ("sasrecm", sasrec), ("cl4srec", sasrec),
-                                         ("gru4rec", sasrec), ("unisrec", unisrec), ("mp4sr", mp4sr)])
-def test_models_without_history_negatives_leave_the_seen_items_out_of_the_softmax(name, module, monkeypatch):
-    torch.manual_seed(0)
-    context = ModelContext(N_ITEMS, max_len=10, features=_features())
-    default = build_model(name, {"hidden": 16}, context)
-    model = build_model(name, {"hidden": 16, "history_negatives": False}, context)
+def _lower_loss_of_the_plain_form(model, default, batch, module, monkeypatch):
+    """``model`` (``default``'s weights, with items left out of its softmax) has a lower loss than
+    ``default``, and the loss and gradients of the plain form; returns its gradients."""
     model.load_state_dict(default.state_dict())
     model.eval(), default.eval()
-    batch = _batch()
-    assert (seen_items(batch) >= 0).any()
 
     def loss_and_grads(m):
         torch.manual_seed(3)  # CL4SRec's augmentations
@@ -202,3 +196,49 @@ def test_models_without_history_negatives_leave_the_seen_items_out_of_the_softma
     assert loss == pytest.approx(expected, rel=1e-5)
     for key, grad in grads.items():
         torch.testing.assert_close(grad, expected_grads[key], rtol=1e-4, atol=1e-6, msg=key)
+    return grads
+
+
+@pytest.mark.parametrize("name,module", [("sasrec", sasrec), ("sasrecm", sasrec), ("cl4srec", sasrec),
+                                         ("gru4rec", sasrec), ("unisrec", unisrec), ("mp4sr", mp4sr)])
+def test_models_without_history_negatives_leave_the_seen_items_out_of_the_softmax(name, module, monkeypatch):
+    torch.manual_seed(0)
+    context = ModelContext(N_ITEMS, max_len=10, features=_features())
+    default = build_model(name, {"hidden": 16}, context)
+    model = build_model(name, {"hidden": 16, "history_negatives": False}, context)
+    batch = _batch()
+    assert (seen_items(batch) >= 0).any()
+    _lower_loss_of_the_plain_form(model, default, batch, module, monkeypatch)
+
+
+@pytest.mark.parametrize("name,module", [("sasrec", sasrec), ("sasrecm", sasrec), ("gru4rec", sasrec),
+                                         ("unisrec", unisrec), ("mp4sr", mp4sr)])
+def test_models_without_untrained_negatives_leave_the_untrained_items_out_of_the_softmax(name, module, monkeypatch):
+    """Items with no training interaction get -inf in every row's softmax: a lower loss, the loss of
+    the plain form with that bias, and no gradient through their rows of the output table."""
+    torch.manual_seed(0)
+    batch = _batch()
+    counts = torch.zeros(N_ITEMS, dtype=torch.long)
+    counts[batch.targets[batch.targets != IGNORE]] = 1
+    counts[(batch.tokens[batch.tokens > 0] - 1)] = 1
+    untrained = (counts == 0).nonzero().squeeze(1)
+    assert len(untrained) > 5
+    context = ModelContext(N_ITEMS, max_len=10, item_counts=counts.numpy(), features=_features())
+    default = build_model(name, {"hidden": 16}, context)
+    model = build_model(name, {"hidden": 16, "untrained_negatives": False}, context)
+    grads = _lower_loss_of_the_plain_form(model, default, batch, module, monkeypatch)
+    table = "id_embedding.weight" if name in ("unisrec", "mp4sr") else "item_embedding.weight"
+    if table in grads:  # the untrained items' own rows: nothing reaches them
+        offset = 0 if name in ("unisrec", "mp4sr") else 1
+        assert grads[table][untrained + offset].abs().max() == 0
+    if name in ("unisrec", "mp4sr"):  # and their ID embeddings start at zero: content alone
+        fresh = build_model(name, {"hidden": 16, "untrained_negatives": False}, context)
+        assert fresh.id_embedding.weight[untrained].abs().max() == 0
+        assert fresh.id_embedding.weight[counts > 0].abs().min() > 0
+
+
+def test_untrained_negatives_need_the_full_softmax_and_counts():
+    with pytest.raises(ConfigError, match="loss=full"):
+        build_model("sasrec", {"loss": "sampled", "untrained_negatives": False}, ModelContext(10))
+    model = build_model("sasrec", {"untrained_negatives": False}, ModelContext(10))  # no counts: nothing to leave out
+    assert model.negatives_bias is None

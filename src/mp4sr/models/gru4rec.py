@@ -42,6 +42,7 @@ class GRU4Rec(Factorised, SequentialRecommender):
         self.gru = nn.GRU(config.embedding, config.hidden, config.layers, bias=False, batch_first=True)
         self.dense = nn.Linear(config.hidden, config.embedding)
         self._init_weights()
+        self.register_buffer("negatives_bias", config.negatives_bias(context.item_counts), persistent=False)
 
     def _init_weights(self) -> None:
         """RecBole: Xavier normal for the embedding, Xavier uniform for the GRU weights."""

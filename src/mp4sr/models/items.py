@@ -399,3 +399,10 @@ class IDEmbedding(nn.Embedding):
         known = items < self.num_embeddings
         rows = super().forward(items.clamp(max=self.num_embeddings - 1))
         return rows * known.unsqueeze(-1)
+
+    def start_at_zero(self, bias: torch.Tensor | None) -> None:
+        """Zero the rows of the items a softmax ``bias`` leaves out (``-inf``): items that training never
+        sees start, and stay, as their content alone, like items added after training."""
+        if bias is not None:
+            with torch.no_grad():
+                self.weight[torch.isinf(bias)] = 0

@@ -109,6 +109,9 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         )
         initialise(self, config.init)
         self.sampler = config.sampler(context)  # sampled fine-tuning (params.loss=sampled), else None
+        self.register_buffer("negatives_bias", config.negatives_bias(context.item_counts), persistent=False)
+        if self.id_embedding is not None:
+            self.id_embedding.start_at_zero(self.negatives_bias)
         if config.stage == "finetune" and config.freeze_encoder:
             for name, param in self.named_parameters():
                 param.requires_grad = name.startswith("id_embedding")
@@ -235,7 +238,7 @@ class MP4SR(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender):
         outputs = torch.cat([F.normalize(h[m][keep], dim=-1) for m in self.modalities], dim=-1)
         items = torch.cat([items[m] for m in self.modalities], dim=-1)
         return full_softmax_loss(outputs, items, batch.targets[keep], scale=1 / self.config.tau,
-                                 exclude=self.config.loss_exclusions(batch, keep))
+                                 bias=self.negatives_bias, exclude=self.config.loss_exclusions(batch, keep))
 
     def _sampled_finetune_loss(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor:
         """Fine-tuning against the candidates of a CandidateSampler: item representations are

@@ -63,6 +63,8 @@ class LossConfig(HistoryNegativesConfig):
     def _history_negatives_need_the_full_softmax(self):
         if not self.history_negatives and self.loss != "full":
             raise ValueError("history_negatives=false leaves items out of the full softmax: set loss=full with it")
+        if not self.untrained_negatives and self.loss != "full":
+            raise ValueError("untrained_negatives=false leaves items out of the full softmax: set loss=full with it")
         return self
 
     def sampler(self, context) -> "CandidateSampler | None":

@@ -37,6 +37,7 @@ class SASRec(Factorised, SequentialRecommender):
         self.transformer = CausalTransformer.from_config(config, context.max_len)
         initialise(self, config.init)
         self.sampler = config.sampler(context)
+        self.register_buffer("negatives_bias", config.negatives_bias(context.item_counts), persistent=False)
 
     def encode(self, batch: SequenceBatch, table: torch.Tensor | None = None) -> torch.Tensor:
         """[B, L, H] hidden states at every position; ``table``: the [n_items, H] item rows the input
@@ -60,7 +61,8 @@ class SASRec(Factorised, SequentialRecommender):
         if self.sampler is not None:
             cands = self.sampler.sample(targets)
             return sampled_softmax_loss(hidden[keep] @ table[cands.items].T, cands)
-        return full_softmax_loss(hidden[keep], table, targets, exclude=self.config.loss_exclusions(batch, keep))
+        return full_softmax_loss(hidden[keep], table, targets, bias=self.negatives_bias,
+                                 exclude=self.config.loss_exclusions(batch, keep))
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         return last_positions(self.encode(batch), batch.lengths)

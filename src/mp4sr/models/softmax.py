@@ -15,10 +15,13 @@ one block, the plain form runs.
 
 ``exclude`` leaves items out of a row's softmax: :func:`seen_items` gives, for each training output, the
 items earlier in its sequence, which ``params.history_negatives=false`` keeps from being its negatives.
+``bias`` adds a score to every item in every row: ``params.untrained_negatives=false`` puts ``-inf`` at the
+items without a training interaction, which leaves them out of every softmax.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -41,6 +44,24 @@ class HistoryNegativesConfig(ModelConfig):
         "full softmax's own form); false leaves them out of it, as the original SASRec draws its negatives "
         "outside the user's items and as ranking with eval.exclude_history=true removes them (the items of "
         "the model's window of max_len; a repeat of the target stays the target)", json_schema_extra=FINETUNING)
+
+    untrained_negatives: bool = Field(
+        True, description="the items without a training interaction (new items, the held-out items of a "
+        "cold-item split) are negatives in the softmax (the full softmax's own form); false leaves them out of "
+        "it, so that training never pushes their scores down: a model that scores items by their content "
+        "(MP4SR, UniSRec, SASRecM) then ranks them where the content, and the pre-trained encoder, puts them "
+        "(MP4SR's and UniSRec's item-ID embeddings of these items start and stay at zero, as those of items "
+        "added after training are)",
+        json_schema_extra=FINETUNING)
+
+    def negatives_bias(self, item_counts: np.ndarray | None) -> torch.Tensor | None:
+        """[n_items] what ``full_softmax_loss`` adds to every row's scores (``bias``): ``-inf`` at the
+        items with no training interaction when ``untrained_negatives`` is false; None when nothing is
+        left out."""
+        if self.untrained_negatives or item_counts is None or np.all(item_counts > 0):
+            return None
+        untrained = torch.as_tensor(np.asarray(item_counts) == 0)
+        return torch.zeros(len(untrained)).masked_fill_(untrained, float("-inf"))
 
     def loss_exclusions(self, batch: SequenceBatch, keep: torch.Tensor) -> torch.Tensor | None:
         """What ``full_softmax_loss`` leaves out of each output's softmax (``exclude``): None, or the

@@ -88,6 +88,9 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
             IDEmbedding(context.n_items, config.hidden) if config.stage == "finetune" and config.id_embedding else None
         )
         initialise(self, config.init)
+        self.register_buffer("negatives_bias", config.negatives_bias(context.item_counts), persistent=False)
+        if self.id_embedding is not None:
+            self.id_embedding.start_at_zero(self.negatives_bias)
 
     # ------------------------------------------------------------------ the sequence encoder
 
@@ -135,7 +138,8 @@ class UniSRec(Factorised, EncodedCatalogue, Pretrainable, SequentialRecommender)
         z = self.item_encoders.encode_all()["text"]  # once: in training it is recomputed on every call
         h = self._states(batch, lambda items: z[items])
         return full_softmax_loss(F.normalize(h[keep], dim=-1), self._output_items(z), batch.targets[keep],
-                                 scale=1 / self.config.tau, exclude=self.config.loss_exclusions(batch, keep))
+                                 scale=1 / self.config.tau, bias=self.negatives_bias,
+                                 exclude=self.config.loss_exclusions(batch, keep))
 
     def user_vectors(self, batch: SequenceBatch) -> torch.Tensor:
         z = self.item_encoders.encode_all()["text"]
