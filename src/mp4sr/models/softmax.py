@@ -127,7 +127,8 @@ class _BlockedSoftmaxLoss(torch.autograd.Function):
         n = outputs.shape[0]
         grad_outputs = torch.empty_like(outputs)
         grad_items = torch.zeros_like(items)
-        grad_bias = torch.zeros_like(bias) if bias is not None else None
+        # a constant bias (untrained_negatives=false) needs no gradient: no column sums per block
+        grad_bias = torch.zeros_like(bias) if bias is not None and bias.requires_grad else None
         total = torch.zeros((), dtype=torch.float64, device=outputs.device)
         for start in range(0, n, block_rows):
             out, tgt = outputs[start:start + block_rows], targets[start:start + block_rows]
@@ -152,11 +153,11 @@ class _BlockedSoftmaxLoss(torch.autograd.Function):
             grad_outputs.mul_(scale)
             grad_items.mul_(scale)
         ctx.save_for_backward(grad_outputs, grad_items, grad_bias)
-        ctx.has_bias = bias is not None
+        ctx.bias_grad = grad_bias is not None
         return (total / n).to(outputs.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_outputs, grad_items, grad_bias = ctx.saved_tensors
         return (grad_outputs * grad_loss, grad_items * grad_loss,
-                grad_bias * grad_loss if ctx.has_bias else None, None, None, None, None)
+                grad_bias * grad_loss if ctx.bias_grad else None, None, None, None, None)
