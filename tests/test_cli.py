@@ -207,6 +207,9 @@ def test_compare_ranks_a_trained_run_again_under_the_other_protocol(tmp_path):
 
     kept, excluded = np.load(out / "test_ranks.npy"), np.load(out / "test_ranks_history_excluded.npy")
     assert (excluded < kept).mean() > 0.5  # the items of the history ranked above the target are gone
+    result = runner.invoke(app, ["compare", str(out), str(out), "--by", "item_count", "--k", "10"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert all(re.search(rf"│ {label} +│ +[\d,]+ │ recall@10", result.output) for label in ("all", "0", "1-5", "6-20", ">20"))
     result = runner.invoke(app, ["compare", str(out), str(tmp_path / "none")])
     assert result.exit_code != 0 and "no such run folder" in str(result.exception)
 

@@ -516,19 +516,33 @@ def compare(
         "a run without ranks that way is ranked again from its best.pt."),
     k: list[int] = typer.Option([10, 20], "--k", help="Cut-offs of Recall@K and NDCG@K (repeatable)."),
     alpha: float = typer.Option(0.05, "--alpha", help="Level of the detectable difference."),
+    by: Optional[str] = typer.Option(
+        None, "--by", help="Also test each group of users apart: item_count (the test item's training interactions), "
+        "history (the history's length) or held_out (a cold-item split's held-out test items and the others)."),
+    cold_items: Optional[float] = typer.Option(
+        None, "--cold-items", min=0.0, max=1.0, help="With --by: the fraction of items the runs' cold-item split held out "
+        "(default: as an experiment's record names its dataset, e.g. amazon-toys-mm-cold20, with cold seed 0)."),
+    cold_seed: int = typer.Option(0, "--cold-seed", help="With --by and a cold-item split: the seed of the held-out items."),
 ) -> None:
     """Paired tests over test users between two sets of finished runs (t-test and Wilcoxon)."""
     from mp4sr.report.compare import compare_runs
 
     sides = [[part for part in side.split(",") if part.strip()] for side in (a, b)]
-    frame = compare_runs(*sides, protocol=protocol, ks=sorted(set(k)), alpha=alpha)
+    frame = compare_runs(*sides, protocol=protocol, ks=sorted(set(k)), alpha=alpha, by=by, cold_items=cold_items,
+                         cold_seed=cold_seed)
     n_users = int(frame["n_users"].iloc[0])
     table = Table(title=f"A ({len(sides[0])} run(s)) against B ({len(sides[1])}), paired over {n_users:,} test users"
                         f"{f', {protocol}' if protocol else ''}")
-    for col in ("metric", "A", "B", "change", "t-test p", "Wilcoxon p", "detectable"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+    columns = (["group", "users"] if by else []) + ["metric", "A", "B", "change", "t-test p", "Wilcoxon p", "detectable"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in {"group", "metric"} else "right")
+    previous = None
     for row in frame.itertuples():
-        table.add_row(row.metric, f"{row.a:.4f}", f"{row.b:.4f}", f"{row.change_pct:+.1f}%", f"{row.p_ttest:.2g}",
+        group = [row.group if row.group != previous else "", f"{row.n_users:,}" if row.group != previous else ""] if by else []
+        if by and row.group != previous and previous is not None:
+            table.add_section()
+        previous = row.group
+        table.add_row(*group, row.metric, f"{row.a:.4f}", f"{row.b:.4f}", f"{row.change_pct:+.1f}%", f"{row.p_ttest:.2g}",
                       f"{row.p_wilcoxon:.2g}", f"{row.detectable_pct:.1f}%")
     _out_console().print(table)
     console.print(f"detectable: the smallest difference a paired t-test over these users finds 4 times in 5 at p < {alpha}")

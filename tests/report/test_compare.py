@@ -61,3 +61,50 @@ def test_runs_of_other_test_sets_are_refused(tmp_path):
         compare_runs([_run(tmp_path / "beauty", np.arange(20), dataset="amazon-beauty-ids")], b, "history_excluded")
     with pytest.raises(ConfigError, match="no such run folder"):
         compare_runs([tmp_path / "missing"], b)
+
+
+def _record(folder, key_dataset):
+    (folder / "run.json").write_text(f'{{"dataset": "{key_dataset}"}}')
+    return folder
+
+
+def test_groups_of_a_cold_item_split_are_tested_apart(tmp_path):
+    """--by held_out: the users whose test item the split held out, and the others, each with its own test;
+    the split is read from the record's dataset name (amazon-scientific-mm-cold20)."""
+    from mp4sr.data import leave_one_out, load_dataset
+    from mp4sr.evaluate.coldstart import cold_item_split
+
+    cold = cold_item_split(load_dataset("amazon-scientific-mm"), 0.2, 0)
+    held = np.isin(leave_one_out(cold.dataset).test.targets, cold.cold_items)
+    n = len(held)
+    base = np.full(n, 30)
+    better = np.where(held, np.random.default_rng(0).integers(0, 12, size=n), 30)  # only the held-out items move up
+    a = _record(_run(tmp_path / "a", better, dataset="amazon-scientific-mm"), "amazon-scientific-mm-cold20")
+    b = _record(_run(tmp_path / "b", base, dataset="amazon-scientific-mm"), "amazon-scientific-mm-cold20")
+    frame = compare_runs([a], [b], "history_excluded", ks=(10,), by="held_out").set_index(["group", "metric"])
+    assert list(dict.fromkeys(frame.index.get_level_values(0))) == ["all", "held-out items", "other items"]
+    assert frame.loc[("held-out items", "recall@10"), "n_users"] == held.sum() > 0
+    assert frame.loc[("other items", "recall@10"), "n_users"] == n - held.sum()
+    assert frame.loc[("held-out items", "recall@10"), "a"] == pytest.approx((better[held] < 10).mean())
+    assert frame.loc[("held-out items", "recall@10"), "b"] == 0.0 and frame.loc[("held-out items", "recall@10"), "p_ttest"] < 1e-6
+    assert np.isnan(frame.loc[("other items", "ndcg@10"), "p_ttest"])  # identical there
+    assert frame.loc[("all", "recall@10"), "a"] == pytest.approx((better < 10).mean())
+
+    by_count = compare_runs([a], [b], "history_excluded", ks=(10,), by="item_count")
+    counts = by_count[(by_count.metric == "recall@10") & (by_count.group != "all")].set_index("group")["n_users"]
+    assert counts.sum() == n and counts["0"] >= held.sum()  # every held-out test item has no training interaction
+    with pytest.raises(ConfigError, match="--cold-items"):  # the record's split is not the one asked for
+        compare_runs([a], [b], "history_excluded", by="held_out", cold_items=0.3)
+
+
+def test_held_out_groups_need_a_cold_item_split(tmp_path):
+    from mp4sr.data import leave_one_out, load_dataset
+
+    n = len(leave_one_out(load_dataset("amazon-scientific-mm")).test)
+    a = _run(tmp_path / "a", np.zeros(n), dataset="amazon-scientific-mm")
+    with pytest.raises(ConfigError, match="holds no item out"):
+        compare_runs([a], [a], "history_excluded", by="held_out")
+    by_history = compare_runs([a], [a], "history_excluded", ks=(10,), by="history")
+    assert by_history[by_history.group != "all"].n_users.sum() == 2 * n  # two metrics a group
+    with pytest.raises(ConfigError, match="by 'users'"):
+        compare_runs([a], [a], by="users")
