@@ -538,11 +538,12 @@ def compare(
         table.add_column(col, justify="left" if col in {"group", "metric"} else "right")
     previous = None
     for row in frame.itertuples():
-        group = [row.group if row.group != previous else "", f"{row.n_users:,}" if row.group != previous else ""] if by else []
-        if by and row.group != previous and previous is not None:
+        first = row.group != previous  # the group's label and size on its first row only
+        if by and first and previous is not None:
             table.add_section()
         previous = row.group
-        table.add_row(*group, row.metric, f"{row.a:.4f}", f"{row.b:.4f}", f"{row.change_pct:+.1f}%", f"{row.p_ttest:.2g}",
+        lead = ([row.group, f"{row.n_users:,}"] if first else ["", ""]) if by else []
+        table.add_row(*lead, row.metric, f"{row.a:.4f}", f"{row.b:.4f}", f"{row.change_pct:+.1f}%", f"{row.p_ttest:.2g}",
                       f"{row.p_wilcoxon:.2g}", f"{row.detectable_pct:.1f}%")
     _out_console().print(table)
     console.print(f"detectable: the smallest difference a paired t-test over these users finds 4 times in 5 at p < {alpha}")

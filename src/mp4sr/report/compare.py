@@ -160,17 +160,18 @@ def user_groups(folder: Path, by: str, n_users: int, cold_items: float | None = 
     from mp4sr.data import leave_one_out, load_dataset
     from mp4sr.evaluate.coldstart import HISTORY_GROUPS, ITEM_GROUPS, assign_groups, cold_item_split, user_attributes
 
-    settings = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").is_file() else {}
-    name = (settings or {}).get("dataset")
+    config = folder / "config.yaml"
+    settings = (yaml.safe_load(config.read_text()) or {}) if config.is_file() else {}
+    name = settings.get("dataset")
     if not name:
         raise ConfigError(f"{folder}: no config.yaml naming its dataset, so its test users cannot be grouped")
-    data = DataSettings.model_validate((settings or {}).get("data") or {})
+    data = DataSettings.model_validate(settings.get("data") or {})
     if data.join_datasets:
         raise ConfigError(f"{folder} was trained on joined datasets: compare the fine-tunings on one dataset by group")
     fraction = cold_items if cold_items is not None else _cold_fraction(folder)
     dataset = load_dataset(name, data.user_core, data.item_core, data.columns)
     held_out = None
-    if fraction is not None:
+    if fraction is not None:  # as the experiment runner's DatasetCache builds it
         cold = cold_item_split(dataset, fraction, cold_seed)
         dataset, held_out = cold.dataset, cold.cold_items
     split = leave_one_out(dataset)
